@@ -1,0 +1,1 @@
+"""spotguard PKI: the webhook CA and serving certificates."""

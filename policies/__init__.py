@@ -1,0 +1,1 @@
+"""spotguard policy engine: pure functions from (pod, request, policy) to a decision."""

@@ -1,0 +1,193 @@
+"""Turn a policy document (YAML text or a mapping) into a compiled :class:`Policy`.
+
+Loading starts from the built-in defaults and merges the user's document over them, so a
+ConfigMap only states what it changes. Any problem raises :class:`PolicyError` listing
+every bad field by path; callers keep their last good policy.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from functools import cache
+from importlib import resources
+from typing import Any, TypeVar
+
+import yaml
+
+from policies.model import (
+    AffinitySettings,
+    CheckpointSettings,
+    InjectSettings,
+    LabelSelector,
+    Mode,
+    Policy,
+    PreStopSettings,
+    Rule,
+    SelectorRequirement,
+)
+from policies.presets import PRESETS, NodeLabel, Taint
+from policies.schema import format_path, schema_errors
+
+_RULE_KEYS = {
+    Rule.INJECT: "inject",
+    Rule.KEEP_OFF_SPOT: "keepOffSpot",
+    Rule.SPOT_REQUIRES_FAULT_TOLERANCE: "spotRequiresFaultTolerance",
+    Rule.GRACE_PERIOD_FITS_NOTICE: "gracePeriodFitsNotice",
+}
+
+
+class PolicyError(ValueError):
+    """The document is not a valid policy; ``problems`` holds one ``path: message`` each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid policy: " + "; ".join(problems))
+        self.problems = problems
+
+
+def default_document() -> dict[str, Any]:
+    """A fresh copy of the built-in policy document."""
+    return copy.deepcopy(_default_document())
+
+
+@cache
+def _default_document() -> dict[str, Any]:
+    text = resources.files("policies").joinpath("default_policy.yaml").read_text("utf-8")
+    document = yaml.safe_load(text)
+    assert isinstance(document, dict)
+    return document
+
+
+def merge_over_defaults(overrides: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``overrides`` into ``base``: mappings merge key by key, anything else replaces."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_over_defaults(value, merged[key])
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_policy_text(text: str) -> Policy:
+    """Parse YAML (or JSON) policy text; an empty document means the defaults."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise PolicyError([f"(document): not valid YAML{where}: {problem}"]) from None
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise PolicyError(["(document): must be a mapping"])
+    return compile_policy(document)
+
+
+def compile_policy(document: dict[str, Any]) -> Policy:
+    """Validate ``document`` (merged over the defaults) and resolve it into a Policy."""
+    merged = merge_over_defaults(document, default_document())
+    problems = schema_errors(merged)
+    if problems:
+        raise PolicyError(problems)
+    problems = _semantic_errors(merged)
+    if problems:
+        raise PolicyError(problems)
+    return _build(merged)
+
+
+def _semantic_errors(doc: dict[str, Any]) -> list[str]:
+    """Checks a JSON Schema cannot express neatly."""
+    problems: list[str] = []
+    for index, requirement in enumerate(doc["faultTolerant"]["matchExpressions"]):
+        path = format_path(["faultTolerant", "matchExpressions", index, "values"])
+        has_values = bool(requirement.get("values"))
+        if requirement["operator"] in ("In", "NotIn") and not has_values:
+            problems.append(f"{path}: must not be empty for operator {requirement['operator']}")
+        if requirement["operator"] in ("Exists", "DoesNotExist") and has_values:
+            problems.append(f"{path}: must be empty for operator {requirement['operator']}")
+    spot = doc["spotNodes"]
+    if not spot["presets"] and not spot["labels"] and not spot["taints"]:
+        problems.append("spotNodes: name at least one preset, label or taint")
+    if not spot["presets"] and spot["noticeWindowSeconds"] is None:
+        problems.append("spotNodes.noticeWindowSeconds: required when no preset is selected")
+    return problems
+
+
+def _revision(doc: dict[str, Any]) -> str:
+    """A short content hash: the same policy always has the same revision, wherever loaded."""
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+_T = TypeVar("_T")
+
+
+def _unique(items: list[_T]) -> tuple[_T, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+def _build(doc: dict[str, Any]) -> Policy:
+    spot = doc["spotNodes"]
+    presets = [PRESETS[name] for name in spot["presets"]]
+    labels = [label for preset in presets for label in preset.labels]
+    labels += [NodeLabel(item["key"], tuple(item["values"])) for item in spot["labels"]]
+    taints = [taint for preset in presets for taint in preset.taints]
+    taints += [Taint(t["key"], t.get("value"), t["effect"]) for t in spot["taints"]]
+    notice = spot["noticeWindowSeconds"] or min(p.usable_notice_seconds for p in presets)
+
+    selector = doc["faultTolerant"]
+    inject = doc["inject"]
+    affinity = inject["nodeAffinity"]
+    pre_stop = inject["preStop"]
+    checkpoint = inject["checkpoint"]
+    return Policy(
+        revision=_revision(doc),
+        mode=Mode.parse(doc["mode"]),
+        rule_modes={
+            rule: Mode.parse(doc["rules"][key]["mode"]) for rule, key in _RULE_KEYS.items()
+        },
+        include_namespaces=frozenset(doc["namespaces"]["include"]),
+        exclude_namespaces=frozenset(doc["namespaces"]["exclude"]),
+        fault_tolerant=LabelSelector(
+            match_labels=tuple(sorted(selector["matchLabels"].items())),
+            match_expressions=tuple(
+                SelectorRequirement(r["key"], r["operator"], frozenset(r.get("values", ())))
+                for r in selector["matchExpressions"]
+            ),
+        ),
+        spot_labels=_unique(labels),
+        spot_taints=_unique(taints),
+        notice_seconds=notice,
+        inject=InjectSettings(
+            tolerations=inject["tolerations"],
+            affinity=AffinitySettings(
+                prefer_spot_weight=affinity["preferSpotWeight"],
+                avoid_critical_addons=affinity["avoidCriticalAddons"],
+                critical_addons_label=affinity["criticalAddonsLabel"],
+                instance_types=tuple(affinity["instanceTypes"]),
+                instance_type_label=affinity["instanceTypeLabel"],
+            ),
+            pre_stop=PreStopSettings(
+                enabled=pre_stop["enabled"],
+                command=tuple(pre_stop["command"]),
+                containers=frozenset(pre_stop["containers"]),
+                replace_existing=pre_stop["replaceExisting"],
+                sigterm_reserve_seconds=pre_stop["sigtermReserveSeconds"],
+            ),
+            termination_grace_period=inject["terminationGracePeriod"],
+            checkpoint=CheckpointSettings(
+                claim_name=checkpoint["claimName"],
+                mount_path=checkpoint["mountPath"],
+                env=checkpoint["env"],
+            ),
+        ),
+    )
+
+
+@cache
+def default_policy() -> Policy:
+    """The built-in policy, compiled once."""
+    return compile_policy({})

@@ -1,0 +1,260 @@
+"""The mutating rules: what a fault-tolerant pod gets, and what keeps other pods off spot.
+
+Every step injects only what is absent, so running the rules on their own output changes
+nothing (the API server may reinvoke the webhook), and appends rather than replaces, so
+what the user and other webhooks wrote survives.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from policies.affinity import add_preferred_terms, and_into_required_terms
+from policies.decisions import Change, MutationDecision, PodContext
+from policies.model import Mode, Policy, Rule
+from policies.pods import (
+    JSONObject,
+    annotations_of,
+    is_node_agent,
+    json_copy,
+    labels_of,
+    regular_containers,
+    tolerates,
+)
+from policies.presets import Taint
+
+INJECTED_ANNOTATION = "spotguard.dev/injected"
+PRESTOP_COMMAND_ANNOTATION = "spotguard.dev/prestop-command"
+CHECKPOINT_CONTAINERS_ANNOTATION = "spotguard.dev/checkpoint-containers"
+CHECKPOINT_VOLUME = "spotguard-checkpoint"
+#: The API server defaults an unset grace period to 30 s before webhooks see the pod,
+#: so 30 is treated as "not chosen by the user".
+API_DEFAULT_GRACE_SECONDS = 30
+
+
+def mutate_pod(pod: Mapping[str, Any], context: PodContext, policy: Policy) -> MutationDecision:
+    """Decide the mutation for a pod being created; the input is never modified."""
+    if context.operation != "CREATE" or not policy.applies_to_namespace(context.namespace):
+        return MutationDecision(rule=None, mode=Mode.OFF)
+    if is_node_agent(pod) or (pod.get("spec") or {}).get("nodeName"):
+        return MutationDecision(rule=None, mode=Mode.OFF)
+    if policy.fault_tolerant.matches(labels_of(pod)):
+        return _apply(Rule.INJECT, pod, policy)
+    return _apply(Rule.KEEP_OFF_SPOT, pod, policy)
+
+
+def _apply(rule: Rule, pod: Mapping[str, Any], policy: Policy) -> MutationDecision:
+    mode = policy.mode_of(rule)
+    if mode is Mode.OFF:
+        return MutationDecision(rule=rule, mode=mode)
+    mutated: JSONObject = json_copy(pod)
+    spec = mutated.setdefault("spec", {})
+    warnings: list[str] = []
+    if rule is Rule.INJECT:
+        changes = _inject_fault_tolerance(mutated, spec, policy, warnings)
+    else:
+        changes = _keep_off_spot(spec, policy)
+    if not changes:
+        return MutationDecision(rule=rule, mode=mode, warnings=tuple(warnings))
+    _record(mutated, changes, policy.revision)
+    return MutationDecision(
+        rule=rule, mode=mode, changes=tuple(changes), mutated=mutated, warnings=tuple(warnings)
+    )
+
+
+def _keep_off_spot(spec: JSONObject, policy: Policy) -> list[Change]:
+    requirements = [
+        {"key": label.key, "operator": "NotIn", "values": list(label.values)}
+        for label in policy.spot_labels
+    ]
+    added = and_into_required_terms(spec, requirements)
+    return [Change("nodeAffinity", f"require {_expression(r)}") for r in added]
+
+
+def _inject_fault_tolerance(
+    pod: JSONObject, spec: JSONObject, policy: Policy, warnings: list[str]
+) -> list[Change]:
+    settings = policy.inject
+    changes: list[Change] = []
+    if settings.tolerations:
+        changes += _add_tolerations(spec, policy.spot_taints)
+    changes += _add_affinity(spec, policy)
+    if settings.termination_grace_period:
+        changes += _set_grace_period(spec, policy.notice_seconds)
+    targets = _checkpoint_targets(pod, spec, policy)
+    if settings.pre_stop.enabled:
+        changes += _add_pre_stop(pod, targets, policy, warnings)
+    changes += _add_checkpoint_storage(spec, targets, policy)
+    return changes
+
+
+def _toleration_for(taint: Taint) -> JSONObject:
+    if taint.value is None:
+        return {"key": taint.key, "operator": "Exists", "effect": taint.effect}
+    return {"key": taint.key, "operator": "Equal", "value": taint.value, "effect": taint.effect}
+
+
+def _add_tolerations(spec: JSONObject, taints: tuple[Taint, ...]) -> list[Change]:
+    tolerations: list[JSONObject] = spec.get("tolerations") or []
+    missing = [t for t in taints if not any(tolerates(tol, t) for tol in tolerations)]
+    if not missing:
+        return []
+    spec["tolerations"] = tolerations + [_toleration_for(t) for t in missing]
+    return [Change("tolerations", f"tolerate {t.key}={t.value or '*'}:{t.effect}") for t in missing]
+
+
+def _add_affinity(spec: JSONObject, policy: Policy) -> list[Change]:
+    settings = policy.inject.affinity
+    changes: list[Change] = []
+    if settings.prefer_spot_weight:
+        preferred = [
+            {
+                "weight": settings.prefer_spot_weight,
+                "preference": {
+                    "matchExpressions": [
+                        {"key": label.key, "operator": "In", "values": list(label.values)}
+                    ]
+                },
+            }
+            for label in policy.spot_labels
+        ]
+        for term in add_preferred_terms(spec, preferred):
+            expression = term["preference"]["matchExpressions"][0]
+            changes.append(Change("nodeAffinity", f"prefer {expression['key']} In spot"))
+    required: list[JSONObject] = []
+    if settings.avoid_critical_addons:
+        required.append({"key": settings.critical_addons_label, "operator": "DoesNotExist"})
+    if settings.instance_types:
+        required.append(
+            {
+                "key": settings.instance_type_label,
+                "operator": "In",
+                "values": list(settings.instance_types),
+            }
+        )
+    for requirement in and_into_required_terms(spec, required):
+        changes.append(Change("nodeAffinity", f"require {_expression(requirement)}"))
+    return changes
+
+
+def _expression(requirement: JSONObject) -> str:
+    values = ",".join(requirement.get("values") or [])
+    return f"{requirement['key']} {requirement['operator']} {values}".rstrip()
+
+
+def _set_grace_period(spec: JSONObject, notice_seconds: int) -> list[Change]:
+    current = spec.get("terminationGracePeriodSeconds")
+    if current not in (None, API_DEFAULT_GRACE_SECONDS) or current == notice_seconds:
+        return []
+    spec["terminationGracePeriodSeconds"] = notice_seconds
+    return [
+        Change("terminationGracePeriodSeconds", f"terminationGracePeriodSeconds={notice_seconds}")
+    ]
+
+
+def _checkpoint_targets(pod: JSONObject, spec: JSONObject, policy: Policy) -> list[JSONObject]:
+    """Containers that checkpoint: the annotation's list, else the policy's, else all."""
+    listed = annotations_of(pod).get(CHECKPOINT_CONTAINERS_ANNOTATION)
+    names = (
+        {name.strip() for name in listed.split(",") if name.strip()}
+        if listed
+        else policy.inject.pre_stop.containers
+    )
+    containers = list(regular_containers(spec))
+    return [c for c in containers if not names or c.get("name") in names]
+
+
+def _pre_stop_command(pod: JSONObject, policy: Policy) -> list[str]:
+    """The policy's command, unless the pod's annotation overrides it (JSON list or shell)."""
+    override = annotations_of(pod).get(PRESTOP_COMMAND_ANNOTATION)
+    if not override:
+        return list(policy.inject.pre_stop.command)
+    try:
+        parsed = json.loads(override)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, list) and parsed and all(isinstance(p, str) for p in parsed):
+        return parsed
+    return ["/bin/sh", "-c", override]
+
+
+def _add_pre_stop(
+    pod: JSONObject, targets: list[JSONObject], policy: Policy, warnings: list[str]
+) -> list[Change]:
+    settings = policy.inject.pre_stop
+    command = _pre_stop_command(pod, policy)
+    wanted = {"exec": {"command": command}}
+    changes: list[Change] = []
+    for container in targets:
+        lifecycle = container.get("lifecycle") or {}
+        existing = lifecycle.get("preStop")
+        if existing == wanted:
+            continue
+        if existing and not settings.replace_existing:
+            warnings.append(
+                f"spotguard: container {container.get('name')} keeps its own preStop hook; "
+                "no checkpoint hook injected"
+            )
+            continue
+        container["lifecycle"] = {**lifecycle, "preStop": wanted}
+        changes.append(Change("preStop", f"preStop checkpoint hook in {container.get('name')}"))
+    return changes
+
+
+def _add_checkpoint_storage(
+    spec: JSONObject, targets: list[JSONObject], policy: Policy
+) -> list[Change]:
+    settings = policy.inject.checkpoint
+    changes: list[Change] = []
+    if settings.claim_name:
+        volumes: list[JSONObject] = spec.get("volumes") or []
+        if not any(v.get("name") == CHECKPOINT_VOLUME for v in volumes):
+            claim = {"claimName": settings.claim_name}
+            spec["volumes"] = [
+                *volumes,
+                {"name": CHECKPOINT_VOLUME, "persistentVolumeClaim": claim},
+            ]
+            changes.append(Change("checkpointVolume", f"volume from PVC {settings.claim_name}"))
+        for container in targets:
+            mounts: list[JSONObject] = container.get("volumeMounts") or []
+            if not any(m.get("mountPath") == settings.mount_path for m in mounts):
+                mount = {"name": CHECKPOINT_VOLUME, "mountPath": settings.mount_path}
+                container["volumeMounts"] = [*mounts, mount]
+                changes.append(Change("checkpointVolume", f"mount in {container.get('name')}"))
+    if settings.env:
+        grace = spec.get("terminationGracePeriodSeconds", API_DEFAULT_GRACE_SECONDS)
+        hook_budget = max(1, int(grace) - policy.inject.pre_stop.sigterm_reserve_seconds)
+        variables = {
+            "SPOTGUARD_CHECKPOINT_DIR": settings.mount_path,
+            "SPOTGUARD_RESUME": "latest",
+            "SPOTGUARD_PRESTOP_TIMEOUT_SECONDS": str(hook_budget),
+        }
+        for container in targets:
+            env: list[JSONObject] = container.get("env") or []
+            names = {item.get("name") for item in env}
+            new = [{"name": k, "value": v} for k, v in variables.items() if k not in names]
+            if new:
+                container["env"] = env + new
+                changes.append(Change("env", f"checkpoint env in {container.get('name')}"))
+    return changes
+
+
+def _record(pod: JSONObject, changes: list[Change], revision: str) -> None:
+    """Note on the pod what spotguard injected and under which policy revision."""
+    metadata = pod.setdefault("metadata", {})
+    annotations = metadata.get("annotations") or {}
+    previous: list[str] = []
+    try:
+        previous = list(json.loads(annotations.get(INJECTED_ANNOTATION, "{}")).get("injected", []))
+    except (ValueError, AttributeError):
+        previous = []
+    kinds = sorted(set(previous) | {change.kind for change in changes})
+    record = json.dumps({"revision": revision, "injected": kinds}, separators=(",", ":"))
+    metadata["annotations"] = {**annotations, INJECTED_ANNOTATION: record}
+
+
+def describe_changes(changes: tuple[Change, ...]) -> str:
+    """One line summarising the kinds of change, for warnings and logs."""
+    return ", ".join(dict.fromkeys(change.kind for change in changes))

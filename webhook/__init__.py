@@ -1,0 +1,1 @@
+"""spotguard admission transport: AdmissionReview over HTTPS, the CLI and the server."""

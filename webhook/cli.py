@@ -1,0 +1,262 @@
+"""The ``spotguard`` command line: serve the webhook, or apply the policy offline.
+
+Offline commands (``mutate``, ``validate``, ``policy check``) run the same rules as the
+server, so a manifest can be checked in CI before it reaches a cluster. Errors print one
+line and exit non-zero; only bugs print a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import yaml
+
+from certs.pki import generate_pair, service_dns_names
+from policies.decisions import PodContext
+from policies.loader import PolicyError, default_policy, parse_policy_text
+from policies.model import Mode, Policy
+from policies.mutate import describe_changes, mutate_pod
+from policies.validate import validate_pod
+from webhook.app import WebhookSettings, create_app
+from webhook.logs import configure
+from webhook.policy_store import PolicyStore
+from webhook.server import ServerOptions, WebhookServer
+
+EXIT_OK, EXIT_DENIED, EXIT_ERROR = 0, 1, 2
+
+
+class CLIError(Exception):
+    """A user-facing problem: printed as one line, exit status 2."""
+
+
+def _load_policy(path: Path | None) -> Policy:
+    if path is None:
+        return default_policy()
+    return parse_policy_text(_read(path))
+
+
+def _read(path: Path) -> str:
+    try:
+        return sys.stdin.read() if str(path) == "-" else path.read_text("utf-8")
+    except OSError as error:
+        raise CLIError(f"cannot read {path}: {error.strerror}") from None
+
+
+def _pods(path: Path) -> list[dict[str, Any]]:
+    try:
+        documents = [d for d in yaml.safe_load_all(_read(path)) if d is not None]
+    except yaml.YAMLError as error:
+        raise CLIError(f"{path}: not valid YAML: {error}") from None
+    for document in documents:
+        if not isinstance(document, dict) or document.get("kind") != "Pod":
+            kind = document.get("kind") if isinstance(document, dict) else type(document).__name__
+            raise CLIError(f"{path}: only Pod manifests are supported, got {kind}")
+    if not documents:
+        raise CLIError(f"{path}: no manifest found")
+    return documents
+
+
+def _context(pod: dict[str, Any], namespace: str | None) -> PodContext:
+    return PodContext(
+        namespace=namespace or (pod.get("metadata") or {}).get("namespace") or "default"
+    )
+
+
+def cmd_mutate(args: argparse.Namespace) -> int:
+    policy = _load_policy(args.policy)
+    outputs: list[Any] = []
+    for pod in _pods(args.filename):
+        decision = mutate_pod(pod, _context(pod, args.namespace), policy)
+        for warning in decision.warnings:
+            print(f"Warning: {warning}", file=sys.stderr)
+        changed = decision.mutated if decision.mode is Mode.ENFORCE and decision.mutated else pod
+        if decision.mode is Mode.AUDIT and decision.changes:
+            print(
+                f"Warning: audit mode, would inject {describe_changes(decision.changes)}",
+                file=sys.stderr,
+            )
+        outputs.append(jsonpatch.make_patch(pod, changed).patch if args.patch else changed)
+    if args.patch:
+        print(json.dumps(outputs[0] if len(outputs) == 1 else outputs, indent=2))
+    else:
+        print(yaml.safe_dump_all(outputs, sort_keys=False), end="")
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    policy = _load_policy(args.policy)
+    status = EXIT_OK
+    for pod in _pods(args.filename):
+        name = (pod.get("metadata") or {}).get("name", "(unnamed)")
+        decision = validate_pod(pod, _context(pod, args.namespace), policy)
+        for violation in decision.audited:
+            print(f"Warning: {name}: {violation.message()} (audit mode)", file=sys.stderr)
+        if decision.denials:
+            status = EXIT_DENIED
+            for violation in decision.denials:
+                print(f"DENIED {name}: {violation.message()}")
+        else:
+            print(f"ALLOWED {name}")
+    return status
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    policy = parse_policy_text(_read(args.file))
+    print(
+        f"policy OK: revision {policy.revision}, mode {policy.mode}, "
+        f"{len(policy.spot_labels)} spot labels, {len(policy.spot_taints)} spot taints, "
+        f"notice window {policy.notice_seconds}s"
+    )
+    return EXIT_OK
+
+
+def cmd_certs_generate(args: argparse.Namespace) -> int:
+    names = [*service_dns_names(args.service, args.namespace), "localhost", *args.dns]
+    paths = generate_pair(args.out, names, ["127.0.0.1", *args.ip])
+    print(f"wrote CA {paths.ca_cert}, certificate {paths.cert} and key {paths.key}")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    configure(args.log_level)
+    store = PolicyStore.from_file(args.policy)  # fails here, before forking, on a bad policy
+    cert_dir: Path = args.cert_dir
+    if cert_dir is None:
+        cert_dir = Path(tempfile.mkdtemp(prefix="spotguard-certs-"))
+        names = [*service_dns_names("spotguard", args.namespace), "localhost"]
+        generate_pair(cert_dir, names, ["127.0.0.1"])
+        print(
+            f"spotguard: no --cert-dir given, serving with a throwaway CA and certificate "
+            f"in {cert_dir} (register its ca.crt as the webhooks' caBundle, or pass --cert-dir)",
+            file=sys.stderr,
+        )
+    for name in ("tls.crt", "tls.key"):
+        if not (cert_dir / name).is_file():
+            raise CLIError(f"{cert_dir / name}: not found (expected tls.crt and tls.key)")
+    print(f"spotguard: policy {store.current.revision} from {store.source}", file=sys.stderr)
+    options = ServerOptions(
+        bind=args.bind,
+        cert_file=cert_dir / "tls.crt",
+        key_file=cert_dir / "tls.key",
+        workers=args.workers,
+        threads=args.threads,
+        log_level=args.log_level.lower(),
+    )
+    WebhookServer(lambda: create_app(WebhookSettings(store=store)), options).run()
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spotguard",
+        description="Admission webhook that puts fault-tolerant ML training on spot capacity "
+        "and keeps other workloads off it.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    policy_help = "policy document (YAML); default: the built-in policy"
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve /mutate and /validate over TLS with gunicorn",
+        description="Serve the admission webhook over HTTPS (TLS 1.2+).",
+    )
+    serve.add_argument(
+        "--bind", default="127.0.0.1:8443", help="address:port (default %(default)s)"
+    )
+    serve.add_argument(
+        "--cert-dir",
+        type=Path,
+        help="directory with tls.crt and tls.key; default: generate a throwaway CA and certificate",
+    )
+    serve.add_argument("--policy", type=Path, help=policy_help)
+    serve.add_argument(
+        "--namespace",
+        default="spotguard-system",
+        help="namespace the webhook runs in, for certificate names (default %(default)s)",
+    )
+    serve.add_argument(
+        "--workers", type=int, default=2, help="worker processes (default %(default)s)"
+    )
+    serve.add_argument(
+        "--threads", type=int, default=8, help="threads per worker (default %(default)s)"
+    )
+    serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    serve.set_defaults(handler=cmd_serve)
+
+    for name, handler, text in (
+        ("mutate", cmd_mutate, "print the pod as the mutating webhook would admit it"),
+        (
+            "validate",
+            cmd_validate,
+            "check pods against the validating rules; exit 1 if one is denied",
+        ),
+    ):
+        command = commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        command.add_argument(
+            "-f",
+            "--filename",
+            type=Path,
+            required=True,
+            help="Pod manifest (YAML, several documents allowed; - for stdin)",
+        )
+        command.add_argument("--policy", type=Path, help=policy_help)
+        command.add_argument(
+            "-n", "--namespace", help="namespace to assume (default: the manifest's, or default)"
+        )
+        if name == "mutate":
+            command.add_argument(
+                "--patch", action="store_true", help="print the JSON Patch instead of the object"
+            )
+        command.set_defaults(handler=handler)
+
+    policy = commands.add_parser("policy", help="work with policy documents")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
+    check = policy_commands.add_parser(
+        "check",
+        help="validate a policy document; exit 2 if invalid",
+        description="Validate a policy document and print its revision.",
+    )
+    check.add_argument("file", type=Path, help="policy document (YAML; - for stdin)")
+    check.set_defaults(handler=cmd_policy_check)
+
+    certs = commands.add_parser("certs", help="manage the webhook's certificates")
+    certs_commands = certs.add_subparsers(dest="certs_command", required=True, metavar="COMMAND")
+    generate = certs_commands.add_parser(
+        "generate",
+        help="write a new CA and serving certificate",
+        description="Write ca.crt, ca.key, tls.crt and tls.key.",
+    )
+    generate.add_argument("--out", type=Path, required=True, help="directory to write to")
+    generate.add_argument(
+        "--service", default="spotguard", help="Service name (default %(default)s)"
+    )
+    generate.add_argument(
+        "--namespace", default="spotguard-system", help="Service namespace (default %(default)s)"
+    )
+    generate.add_argument("--dns", action="append", default=[], help="extra DNS name (repeatable)")
+    generate.add_argument("--ip", action="append", default=[], help="extra IP address (repeatable)")
+    generate.set_defaults(handler=cmd_certs_generate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except PolicyError as error:
+        print(f"spotguard: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except CLIError as error:
+        print(f"spotguard: {error}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
