@@ -59,11 +59,18 @@ def _default_document() -> dict[str, Any]:
     return document
 
 
+#: Mappings a document replaces whole: merging a selector would keep the default opt-in
+#: label beside the user's own, so a pod would have to carry both.
+_REPLACED_WHOLE = frozenset({"faultTolerant"})
+
+
 def merge_over_defaults(overrides: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     """Deep-merge ``overrides`` into ``base``: mappings merge key by key, anything else replaces."""
     merged = dict(base)
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if key in _REPLACED_WHOLE:
+            merged[key] = value
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = merge_over_defaults(value, merged[key])
         else:
             merged[key] = value
@@ -88,7 +95,7 @@ def parse_policy_text(text: str) -> Policy:
 
 def compile_policy(document: dict[str, Any]) -> Policy:
     """Validate ``document`` (merged over the defaults) and resolve it into a Policy."""
-    merged = merge_over_defaults(document, default_document())
+    merged = merge_over_defaults(_unquoted_off(document), default_document())
     problems = schema_errors(merged)
     if problems:
         raise PolicyError(problems)
@@ -98,10 +105,26 @@ def compile_policy(document: dict[str, Any]) -> Policy:
     return _build(merged)
 
 
+def _unquoted_off(document: dict[str, Any]) -> dict[str, Any]:
+    """Read YAML 1.1's ``mode: off`` (parsed as the boolean false) as the mode "off"."""
+    fixed = dict(document)
+    if fixed.get("mode") is False:
+        fixed["mode"] = "off"
+    rules = fixed.get("rules")
+    if isinstance(rules, dict):
+        fixed["rules"] = {
+            name: {**rule, "mode": "off"}
+            if isinstance(rule, dict) and rule.get("mode") is False
+            else rule
+            for name, rule in rules.items()
+        }
+    return fixed
+
+
 def _semantic_errors(doc: dict[str, Any]) -> list[str]:
     """Checks a JSON Schema cannot express neatly."""
     problems: list[str] = []
-    for index, requirement in enumerate(doc["faultTolerant"]["matchExpressions"]):
+    for index, requirement in enumerate(doc["faultTolerant"].get("matchExpressions", [])):
         path = format_path(["faultTolerant", "matchExpressions", index, "values"])
         has_values = bool(requirement.get("values"))
         if requirement["operator"] in ("In", "NotIn") and not has_values:
@@ -152,10 +175,10 @@ def _build(doc: dict[str, Any]) -> Policy:
         include_namespaces=frozenset(doc["namespaces"]["include"]),
         exclude_namespaces=frozenset(doc["namespaces"]["exclude"]),
         fault_tolerant=LabelSelector(
-            match_labels=tuple(sorted(selector["matchLabels"].items())),
+            match_labels=tuple(sorted(selector.get("matchLabels", {}).items())),
             match_expressions=tuple(
                 SelectorRequirement(r["key"], r["operator"], frozenset(r.get("values", ())))
-                for r in selector["matchExpressions"]
+                for r in selector.get("matchExpressions", [])
             ),
         ),
         spot_labels=_unique(labels),

@@ -50,12 +50,15 @@ POLICY_SCHEMA: dict[str, Any] = _object(
         "kind": {"const": "SpotPolicy"},
         "mode": {"enum": MODES},
         "namespaces": _object({"include": _STRING_LIST, "exclude": _STRING_LIST}),
-        "faultTolerant": _object(
-            {
+        "faultTolerant": {
+            "type": "object",
+            "properties": {
                 "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
                 "matchExpressions": {"type": "array", "items": _LABEL_SELECTOR_REQUIREMENT},
-            }
-        ),
+            },
+            "additionalProperties": False,
+            "minProperties": 1,
+        },
         "spotNodes": _object(
             {
                 "presets": {"type": "array", "items": {"enum": sorted(PRESETS)}},
@@ -160,6 +163,8 @@ def _describe(error: ValidationError) -> str:
         return f"must be at most {argument}"
     if validator == "minItems":
         return f"must have at least {argument} item(s)"
+    if validator == "minProperties":
+        return "must not be empty"
     if validator == "minLength":
         return "must not be empty"
     if validator == "pattern":
