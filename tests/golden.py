@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jsonpatch
 import yaml
 
 from policies.decisions import PodContext
 from policies.loader import default_policy, parse_policy_text
 from policies.model import Mode, Policy
 from policies.mutate import mutate_pod
+from policies.patch import make_patch
 from policies.validate import validate_pod
 
 CASES_DIR = Path(__file__).parent / "cases"
@@ -97,7 +97,7 @@ def run_mutate(case: Case) -> tuple[dict[str, Any], dict[str, Any], list[dict[st
         "changes": [change.detail for change in decision.changes],
         "warnings": list(decision.warnings),
     }
-    return admitted, summary, jsonpatch.make_patch(case.pod, admitted).patch
+    return admitted, summary, make_patch(case.pod, admitted)
 
 
 def run_validate(case: Case) -> dict[str, Any]:

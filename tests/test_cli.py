@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 from cryptography import x509
 
-from tests.conftest import REPO
+from devtools.server import REPO
 
 CASES = REPO / "tests" / "cases"
 

@@ -11,8 +11,8 @@ import jsonpatch
 import pytest
 from flask.testing import FlaskClient
 
+from devtools.reviews import plain_pod, review, training_pod
 from policies.loader import parse_policy_text
-from tests.reviews import plain_pod, review, training_pod
 from webhook.policy_store import PolicyStore
 
 

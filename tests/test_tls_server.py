@@ -10,8 +10,8 @@ import warnings
 import pytest
 import requests
 
-from tests.conftest import RunningServer
-from tests.reviews import plain_pod, review, training_pod
+from devtools.reviews import plain_pod, review, training_pod
+from devtools.server import RunningServer
 
 
 def test_mutate_and_validate_over_verified_tls(tls_server: RunningServer) -> None:

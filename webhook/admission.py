@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import jsonpatch
-
 from policies.decisions import Change, PodContext
 from policies.model import Mode, Policy
 from policies.mutate import describe_changes, mutate_pod
+from policies.patch import make_patch
 from policies.pods import display_name
 from policies.validate import validate_pod
 from webhook.review import AdmissionResponse, Review, allow, denied, patched
@@ -56,7 +55,7 @@ def mutate(review: Review, policy: Policy) -> tuple[AdmissionResponse, Outcome]:
         audit = {"would-inject": summary, "policy-revision": policy.revision}
         response = allow(warnings=warnings, audit=audit)
         return response, Outcome("mutate", "allowed", "audit", rule, decision.changes)
-    patch = jsonpatch.make_patch(review.pod, decision.mutated).patch
+    patch = make_patch(review.pod, decision.mutated)
     outcome = Outcome("mutate", "patched", "enforce", rule, decision.changes)
     return patched(patch, warnings=warnings), outcome
 

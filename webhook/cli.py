@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jsonpatch
 import yaml
 
 from certs.pki import generate_pair, service_dns_names
@@ -23,6 +22,7 @@ from policies.decisions import PodContext
 from policies.loader import PolicyError, default_policy, parse_policy_text
 from policies.model import Mode, Policy
 from policies.mutate import describe_changes, mutate_pod
+from policies.patch import make_patch
 from policies.validate import validate_pod
 from webhook.app import WebhookSettings, create_app
 from webhook.logs import configure
@@ -82,7 +82,7 @@ def cmd_mutate(args: argparse.Namespace) -> int:
                 f"Warning: audit mode, would inject {describe_changes(decision.changes)}",
                 file=sys.stderr,
             )
-        outputs.append(jsonpatch.make_patch(pod, changed).patch if args.patch else changed)
+        outputs.append(make_patch(pod, changed) if args.patch else changed)
     if args.patch:
         print(json.dumps(outputs[0] if len(outputs) == 1 else outputs, indent=2))
     else:

@@ -1,0 +1,3 @@
+module spotguard.dev/loadgen
+
+go 1.24

@@ -1,0 +1,91 @@
+"""Run ``spotguard serve`` as a child process on loopback, the way tests and the demo need it.
+
+The server is the real one (gunicorn, TLS); this module only picks a free port, makes
+certificates, waits for ``/readyz`` and stops it again.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from certs.pki import CertPaths, generate_pair, service_dns_names
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    url: str
+    port: int
+    certs: CertPaths
+    process: subprocess.Popen[bytes]
+    log_file: Path
+
+    @property
+    def ca_file(self) -> Path:
+        return self.certs.ca_cert
+
+    def session(self) -> requests.Session:
+        """A keep-alive session that verifies the server against the generated CA only."""
+        session = requests.Session()
+        session.trust_env = False  # REQUESTS_CA_BUNDLE must not replace our CA
+        session.verify = str(self.certs.ca_cert)
+        return session
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_server(
+    workdir: Path,
+    *extra_args: str,
+    workers: int = 1,
+    port: int | None = None,
+    certs: CertPaths | None = None,
+    ready_timeout: float = 30.0,
+) -> RunningServer:
+    """Start the webhook on 127.0.0.1 and wait until it answers ``/readyz`` over TLS."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    if certs is None:
+        names = [*service_dns_names("spotguard", "spotguard-system"), "localhost"]
+        certs = generate_pair(workdir / "certs", names, ["127.0.0.1"])
+    port = port or free_port()
+    log_file = workdir / "webhook.log"
+    command = [
+        sys.executable, "-m", "webhook", "serve", "--bind", f"127.0.0.1:{port}",
+        "--cert-dir", str(certs.cert.parent), "--workers", str(workers), *extra_args,
+    ]  # fmt: skip
+    with log_file.open("ab") as log:
+        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    server = RunningServer(f"https://127.0.0.1:{port}", port, certs, process, log_file)
+    deadline = time.monotonic() + ready_timeout
+    with server.session() as session:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"webhook exited early; log {log_file}:\n{log_file.read_text()}")
+            try:
+                if session.get(server.url + "/readyz", timeout=1).status_code == 200:
+                    return server
+            except requests.ConnectionError:
+                time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"webhook not ready in {ready_timeout:.0f} s; log {log_file}")
