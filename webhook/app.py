@@ -7,12 +7,13 @@ pod unchanged (fail open, the same choice as the webhooks' ``failurePolicy: Igno
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from policies.model import Policy
@@ -43,8 +44,13 @@ class WebhookSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
 
+def _json(body: object, status: int = 200) -> tuple[Response, int]:
+    """Compact JSON without Flask's key sorting: responses carry large patches."""
+    return Response(json.dumps(body, separators=(",", ":")), mimetype="application/json"), status
+
+
 def _error(status: int, message: str) -> tuple[Response, int]:
-    return jsonify({"error": message, "status": status}), status
+    return _json({"error": message, "status": status}, status)
 
 
 def create_app(settings: WebhookSettings) -> Flask:
@@ -70,14 +76,15 @@ def create_app(settings: WebhookSettings) -> Flask:
                 response, outcome = handler(review, policy)
             except Exception:
                 log.exception(
-                    "review failed, admitting unchanged", extra={"uid": review.uid, "webhook": name}
+                    "review failed, admitting unchanged",
+                    extra={"fields": {"uid": review.uid, "webhook": name}},
                 )
                 response = allow(
                     warnings=[f"spotguard internal error: pod admitted unchanged by {name}"]
                 )
                 outcome = Outcome(name, "error", str(policy.mode))
             _log_review(review, outcome, policy, started)
-            return jsonify(response_body(review, review.api_version, response)), 200
+            return _json(response_body(review, review.api_version, response))
 
         route.__name__ = f"review_{name}"
         return route
@@ -91,12 +98,12 @@ def create_app(settings: WebhookSettings) -> Flask:
 
     @app.get("/healthz")
     def healthz() -> tuple[Response, int]:
-        return jsonify({"status": "ok"}), 200
+        return _json({"status": "ok"})
 
     @app.get("/readyz")
     def readyz() -> tuple[Response, int]:
         error = store.last_error
-        return jsonify(
+        return _json(
             {
                 "status": "ready",
                 "policyRevision": store.current.revision,
@@ -104,7 +111,7 @@ def create_app(settings: WebhookSettings) -> Flask:
                 "policyStale": error is not None,
                 "policyError": list(error.problems) if error else None,
             }
-        ), 200
+        )
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_: RequestEntityTooLarge) -> tuple[Response, int]:
@@ -128,20 +135,22 @@ def _log_review(review: Review, outcome: Outcome, policy: Policy, started: float
         outcome.webhook,
         outcome.result,
         extra={
-            "event": "review",
-            "uid": review.uid,
-            "webhook": outcome.webhook,
-            "operation": review.operation,
-            "namespace": review.namespace,
-            "pod": (review.pod.get("metadata") or {}).get("name")
-            or (review.pod.get("metadata") or {}).get("generateName"),
-            "dryRun": review.dry_run,
-            "result": outcome.result,
-            "mode": outcome.mode,
-            "rule": outcome.rule,
-            "changes": [c.detail for c in outcome.changes],
-            "violations": list(outcome.violations),
-            "policyRevision": policy.revision,
-            "durationMs": round((time.perf_counter() - started) * 1000, 3),
+            "fields": {
+                "event": "review",
+                "uid": review.uid,
+                "webhook": outcome.webhook,
+                "operation": review.operation,
+                "namespace": review.namespace,
+                "pod": (review.pod.get("metadata") or {}).get("name")
+                or (review.pod.get("metadata") or {}).get("generateName"),
+                "dryRun": review.dry_run,
+                "result": outcome.result,
+                "mode": outcome.mode,
+                "rule": outcome.rule,
+                "changes": [c.detail for c in outcome.changes],
+                "violations": list(outcome.violations),
+                "policyRevision": policy.revision,
+                "durationMs": round((time.perf_counter() - started) * 1000, 3),
+            }
         },
     )

@@ -56,7 +56,13 @@ class PolicyStore:
             log.error(
                 "policy refused, keeping revision %s",
                 self._policy.revision,
-                extra={"event": "policy_refused", "source": source, "problems": error.problems},
+                extra={
+                    "fields": {
+                        "event": "policy_refused",
+                        "source": source,
+                        "problems": error.problems,
+                    }
+                },
             )
             return False
         with self._lock:
@@ -66,7 +72,13 @@ class PolicyStore:
             log.info(
                 "policy revision %s loaded",
                 policy.revision,
-                extra={"event": "policy_loaded", "source": source, "revision": policy.revision},
+                extra={
+                    "fields": {
+                        "event": "policy_loaded",
+                        "source": source,
+                        "revision": policy.revision,
+                    }
+                },
             )
         return True
 
