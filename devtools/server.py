@@ -62,6 +62,7 @@ def start_server(
     port: int | None = None,
     certs: CertPaths | None = None,
     ready_timeout: float = 30.0,
+    shutdown_delay: float = 0.0,
 ) -> RunningServer:
     """Start the webhook on 127.0.0.1 and wait until it answers ``/readyz`` over TLS."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -72,7 +73,8 @@ def start_server(
     log_file = workdir / "webhook.log"
     command = [
         sys.executable, "-m", "webhook", "serve", "--bind", f"127.0.0.1:{port}",
-        "--cert-dir", str(certs.cert.parent), "--workers", str(workers), *extra_args,
+        "--cert-dir", str(certs.cert.parent), "--workers", str(workers),
+        "--shutdown-delay", str(shutdown_delay), *extra_args,
     ]  # fmt: skip
     with log_file.open("ab") as log:
         process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)

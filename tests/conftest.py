@@ -20,7 +20,7 @@ def store() -> PolicyStore:
 
 @pytest.fixture
 def app(store: PolicyStore) -> Flask:
-    return create_app(WebhookSettings(store=store, max_body_bytes=256 * 1024))
+    return create_app(WebhookSettings(policies=store, max_body_bytes=256 * 1024))
 
 
 @pytest.fixture

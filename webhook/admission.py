@@ -25,11 +25,13 @@ class Outcome:
     """What a review decided, in words stable enough for log fields and metric labels."""
 
     webhook: str
-    result: str  # allowed | patched | denied | skipped
+    result: str  # allowed | patched | denied | skipped | error
     mode: str
     rule: str = ""
     changes: tuple[Change, ...] = ()
     violations: tuple[str, ...] = field(default=())
+    #: (rule, mode) of each violation, for the violations metric.
+    rule_modes: tuple[tuple[str, str], ...] = ()
 
 
 def _context(review: Review) -> PodContext:
@@ -72,14 +74,14 @@ def validate(review: Review, policy: Policy) -> tuple[AdmissionResponse, Outcome
         else None
     )
     texts = tuple(v.message() for v in decision.violations)
+    rule_modes = tuple((v.rule.value, str(v.mode)) for v in decision.violations)
     rules = ",".join(dict.fromkeys(v.rule.value for v in decision.violations))
     if decision.denials:
         message = f"spotguard denied pod {display_name(review.pod)}: " + " ".join(
             v.message() for v in decision.denials
         )
-        outcome = Outcome("validate", "denied", "enforce", rules, violations=texts)
+        outcome = Outcome("validate", "denied", "enforce", rules, (), texts, rule_modes)
         return denied(message, warnings=warnings, audit=audit), outcome
     mode = "audit" if decision.audited else str(policy.mode)
-    return allow(warnings=warnings, audit=audit), Outcome(
-        "validate", "allowed", mode, rules, violations=texts
-    )
+    outcome = Outcome("validate", "allowed", mode, rules, (), texts, rule_modes)
+    return allow(warnings=warnings, audit=audit), outcome

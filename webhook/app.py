@@ -19,15 +19,9 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from policies.model import Policy
 from webhook import admission
 from webhook.admission import Outcome
-from webhook.policy_store import PolicyStore
-from webhook.review import (
-    AdmissionResponse,
-    BadReview,
-    Review,
-    allow,
-    parse_review,
-    response_body,
-)
+from webhook.metrics import Metrics
+from webhook.policy_store import PolicyView
+from webhook.review import AdmissionResponse, BadReview, Review, allow, parse_review, response_body
 
 log = logging.getLogger("spotguard.review")
 
@@ -38,10 +32,17 @@ DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 Handler = Callable[[Review, Policy], tuple[AdmissionResponse, Outcome]]
 
 
+def _never() -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class WebhookSettings:
-    store: PolicyStore
+    policies: PolicyView
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    metrics: Metrics | None = None
+    #: True once shutdown began: readiness fails so traffic drains before the server stops.
+    draining: Callable[[], bool] = _never
 
 
 def _json(body: object, status: int = 200) -> tuple[Response, int]:
@@ -54,24 +55,27 @@ def _error(status: int, message: str) -> tuple[Response, int]:
 
 
 def create_app(settings: WebhookSettings) -> Flask:
-    """Build the app around a policy store (the factory pattern: tests build their own)."""
+    """Build the app around a policy view (the factory pattern: tests build their own)."""
     app = Flask("spotguard")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    store = settings.store
+    policies, metrics = settings.policies, settings.metrics
 
     def review_route(name: str, handler: Handler) -> Callable[[], tuple[Response, int]]:
         def route() -> tuple[Response, int]:
             started = time.perf_counter()
             if request.mimetype != "application/json":
-                return _error(
-                    400,
-                    f"Content-Type must be application/json, got {request.mimetype or 'none'!r}",
-                )
+                got = request.mimetype or "none"
+                return _error(400, f"Content-Type must be application/json, got {got!r}")
             try:
                 review = parse_review(request.get_data(cache=False))
             except BadReview as error:
                 return _error(400, f"malformed AdmissionReview: {error}")
-            policy = store.current
+            policy = policies.snapshot().policy
+            if policy is None:  # not ready: answer as the failurePolicy would
+                response = allow(
+                    warnings=["spotguard has no policy loaded yet: pod admitted unchanged"]
+                )
+                return _json(response_body(review, review.api_version, response))
             try:
                 response, outcome = handler(review, policy)
             except Exception:
@@ -83,7 +87,10 @@ def create_app(settings: WebhookSettings) -> Flask:
                     warnings=[f"spotguard internal error: pod admitted unchanged by {name}"]
                 )
                 outcome = Outcome(name, "error", str(policy.mode))
-            _log_review(review, outcome, policy, started)
+            elapsed = time.perf_counter() - started
+            _log_review(review, outcome, policy, elapsed)
+            if metrics is not None:
+                _count(metrics, review, outcome, elapsed)
             return _json(response_body(review, review.api_version, response))
 
         route.__name__ = f"review_{name}"
@@ -102,16 +109,17 @@ def create_app(settings: WebhookSettings) -> Flask:
 
     @app.get("/readyz")
     def readyz() -> tuple[Response, int]:
-        error = store.last_error
-        return _json(
-            {
-                "status": "ready",
-                "policyRevision": store.current.revision,
-                "policySource": store.source,
-                "policyStale": error is not None,
-                "policyError": list(error.problems) if error else None,
-            }
-        )
+        state = policies.snapshot()
+        draining = settings.draining()
+        ready = state.policy is not None and not draining
+        body = {
+            "status": "ready" if ready else ("draining" if draining else "no policy loaded"),
+            "policyRevision": state.policy.revision if state.policy else None,
+            "policySource": state.source,
+            "policyStale": state.stale,
+            "policyError": list(state.error.problems) if state.error else None,
+        }
+        return _json(body, 200 if ready else 503)
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_: RequestEntityTooLarge) -> tuple[Response, int]:
@@ -129,7 +137,16 @@ def create_app(settings: WebhookSettings) -> Flask:
     return app
 
 
-def _log_review(review: Review, outcome: Outcome, policy: Policy, started: float) -> None:
+def _count(metrics: Metrics, review: Review, outcome: Outcome, elapsed: float) -> None:
+    metrics.reviews.labels(outcome.webhook, review.operation, outcome.result, outcome.mode).inc()
+    metrics.latency.labels(outcome.webhook).observe(elapsed)
+    metrics.count_changes(outcome.changes, outcome.mode)
+    for rule, mode in outcome.rule_modes:
+        metrics.violations.labels(rule, mode).inc()
+
+
+def _log_review(review: Review, outcome: Outcome, policy: Policy, elapsed: float) -> None:
+    metadata = review.pod.get("metadata") or {}
     log.info(
         "%s %s",
         outcome.webhook,
@@ -141,8 +158,7 @@ def _log_review(review: Review, outcome: Outcome, policy: Policy, started: float
                 "webhook": outcome.webhook,
                 "operation": review.operation,
                 "namespace": review.namespace,
-                "pod": (review.pod.get("metadata") or {}).get("name")
-                or (review.pod.get("metadata") or {}).get("generateName"),
+                "pod": metadata.get("name") or metadata.get("generateName"),
                 "dryRun": review.dry_run,
                 "result": outcome.result,
                 "mode": outcome.mode,
@@ -150,7 +166,7 @@ def _log_review(review: Review, outcome: Outcome, policy: Policy, started: float
                 "changes": [c.detail for c in outcome.changes],
                 "violations": list(outcome.violations),
                 "policyRevision": policy.revision,
-                "durationMs": round((time.perf_counter() - started) * 1000, 3),
+                "durationMs": round(elapsed * 1000, 3),
             }
         },
     )

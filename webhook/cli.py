@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -24,10 +25,11 @@ from policies.model import Mode, Policy
 from policies.mutate import describe_changes, mutate_pod
 from policies.patch import make_patch
 from policies.validate import validate_pod
-from webhook.app import WebhookSettings, create_app
 from webhook.logs import configure
-from webhook.policy_store import PolicyStore
-from webhook.server import ServerOptions, WebhookServer
+from webhook.metrics import MULTIPROC_ENV
+from webhook.policy_sources import ConfigMapPolicySource, FilePolicySource
+from webhook.policy_store import PolicyState, PolicyStore
+from webhook.server import PolicySource, ServerOptions, WebhookServer
 
 EXIT_OK, EXIT_DENIED, EXIT_ERROR = 0, 1, 2
 
@@ -124,9 +126,39 @@ def cmd_certs_generate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _policy_source(args: argparse.Namespace) -> tuple[PolicyStore, PolicySource | None]:
+    """The master's policy store and the source that feeds it (file, ConfigMap or none)."""
+    if args.policy_configmap:
+        namespace, _, name = args.policy_configmap.partition("/")
+        if not namespace or not name:
+            raise CLIError("--policy-configmap must be NAMESPACE/NAME")
+        from kubernetes import client, config  # noqa: PLC0415 - only needed in-cluster
+
+        if args.kubeconfig:
+            config.load_kube_config(str(args.kubeconfig))
+        else:
+            config.load_incluster_config()
+        store = PolicyStore(PolicyState(None, f"waiting for configmap {namespace}/{name}"))
+        source = ConfigMapPolicySource(
+            namespace, name, store, client.CoreV1Api(), key=args.policy_key
+        )
+        source.load_initial()
+        return store, source
+    store = PolicyStore.from_file(args.policy)  # a bad file fails here, before forking
+    return store, FilePolicySource(args.policy, store) if args.policy else None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     configure(args.log_level)
-    store = PolicyStore.from_file(args.policy)  # fails here, before forking, on a bad policy
+    runtime_dir = args.runtime_dir or Path(tempfile.mkdtemp(prefix="spotguard-run-"))
+    if args.metrics_bind:
+        # Must precede the first import of prometheus_client (see webhook.metrics).
+        metrics_dir = runtime_dir / "metrics"
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        for stale in metrics_dir.glob("*.db"):
+            stale.unlink()
+        os.environ[MULTIPROC_ENV] = str(metrics_dir)
+    store, source = _policy_source(args)
     cert_dir: Path = args.cert_dir
     if cert_dir is None:
         cert_dir = Path(tempfile.mkdtemp(prefix="spotguard-certs-"))
@@ -140,16 +172,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for name in ("tls.crt", "tls.key"):
         if not (cert_dir / name).is_file():
             raise CLIError(f"{cert_dir / name}: not found (expected tls.crt and tls.key)")
-    print(f"spotguard: policy {store.current.revision} from {store.source}", file=sys.stderr)
+    state = store.snapshot()
+    revision = state.policy.revision if state.policy else "none yet"
+    print(f"spotguard: policy {revision} from {state.source}", file=sys.stderr)
     options = ServerOptions(
         bind=args.bind,
         cert_file=cert_dir / "tls.crt",
         key_file=cert_dir / "tls.key",
+        runtime_dir=runtime_dir,
         workers=args.workers,
         threads=args.threads,
+        shutdown_delay=args.shutdown_delay,
+        metrics_bind=args.metrics_bind,
         log_level=args.log_level.lower(),
     )
-    WebhookServer(lambda: create_app(WebhookSettings(store=store)), options).run()
+    WebhookServer(options, store, source).run()
     return EXIT_OK
 
 
@@ -175,7 +212,39 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="directory with tls.crt and tls.key; default: generate a throwaway CA and certificate",
     )
-    serve.add_argument("--policy", type=Path, help=policy_help)
+    serve.add_argument("--policy", type=Path, help=policy_help + " (reloaded when it changes)")
+    serve.add_argument(
+        "--policy-configmap",
+        metavar="NAMESPACE/NAME",
+        help="watch this ConfigMap for the policy instead of a file",
+    )
+    serve.add_argument(
+        "--policy-key",
+        default="policy.yaml",
+        help="ConfigMap key holding the policy (default %(default)s)",
+    )
+    serve.add_argument(
+        "--kubeconfig",
+        type=Path,
+        help="kubeconfig for the ConfigMap watch (default: in-cluster config)",
+    )
+    serve.add_argument(
+        "--metrics-bind",
+        metavar="ADDRESS:PORT",
+        help="serve Prometheus metrics here (e.g. 0.0.0.0:9090); default: off",
+    )
+    serve.add_argument(
+        "--shutdown-delay",
+        type=float,
+        default=5.0,
+        help="seconds between failing readiness and stopping, on SIGTERM (default %(default)s)",
+    )
+    serve.add_argument(
+        "--runtime-dir",
+        type=Path,
+        help="scratch directory shared by the server's processes (default: a new "
+        "temporary directory)",
+    )
     serve.add_argument(
         "--namespace",
         default="spotguard-system",

@@ -1,21 +1,26 @@
 """The policy in force, swapped atomically when a new revision loads.
 
-Reviews read ``store.current`` once per request; a reload builds a complete new Policy and
-replaces the reference in one assignment, so no review ever sees half a policy. A revision
-that fails to load leaves the last good policy in force and is remembered as the error.
+The whole state (policy, where it came from, the newest refusal) is one immutable
+:class:`PolicyState`; a reload builds a new one and replaces the reference in a single
+assignment, so a review that took a snapshot never sees half a policy. A revision that
+fails to load leaves the last good policy in force and is remembered as the error, which
+readiness details and metrics report as "stale".
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from policies.loader import PolicyError, default_policy, parse_policy_text
 from policies.model import Policy
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("spotguard.policy")
 
 
 @dataclass(frozen=True)
@@ -24,54 +29,59 @@ class LoadError:
     problems: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class PolicyState:
+    """A consistent snapshot: the policy in force (None until one loads) and its status."""
+
+    policy: Policy | None
+    source: str
+    text: str = ""
+    error: LoadError | None = None
+
+    @property
+    def stale(self) -> bool:
+        return self.error is not None
+
+
+class PolicyView(Protocol):
+    """What the web app needs: a snapshot per request."""
+
+    def snapshot(self) -> PolicyState: ...
+
+
+Listener = Callable[[PolicyState, bool], None]
+
+
 class PolicyStore:
-    """Holds the current policy and the last load error, if the newest revision was bad."""
+    """Validates revisions and holds the current state; the one writer of policy state."""
 
-    def __init__(self, policy: Policy, source: str) -> None:
-        self._policy = policy
-        self._source = source
-        self._error: LoadError | None = None
+    def __init__(self, state: PolicyState) -> None:
+        self._state = state
         self._lock = threading.Lock()
+        self._listeners: list[Listener] = []
 
-    @property
-    def current(self) -> Policy:
-        return self._policy
+    def snapshot(self) -> PolicyState:
+        return self._state
 
-    @property
-    def source(self) -> str:
-        return self._source
-
-    @property
-    def last_error(self) -> LoadError | None:
-        """Set while the newest revision seen was refused: the policy in force is stale."""
-        return self._error
+    def subscribe(self, listener: Listener) -> None:
+        """Call ``listener(state, loaded)`` after every revision, loaded or refused."""
+        self._listeners.append(listener)
 
     def load_text(self, text: str, source: str) -> bool:
         """Try a new revision; on success swap it in, else keep the old one. Returns success."""
         try:
             policy = parse_policy_text(text)
         except PolicyError as error:
-            with self._lock:
-                self._error = LoadError(source, tuple(error.problems))
-            log.error(
-                "policy refused, keeping revision %s",
-                self._policy.revision,
-                extra={
-                    "fields": {
-                        "event": "policy_refused",
-                        "source": source,
-                        "problems": error.problems,
-                    }
-                },
-            )
+            self.refuse(error.problems, source)
             return False
         with self._lock:
-            changed = policy.revision != self._policy.revision
-            self._policy, self._source, self._error = policy, source, None
-        if changed:
+            previous = self._state.policy
+            self._state = PolicyState(policy, source, text)
+        if previous is None or previous.revision != policy.revision:
             log.info(
-                "policy revision %s loaded",
+                "policy revision %s loaded from %s",
                 policy.revision,
+                source,
                 extra={
                     "fields": {
                         "event": "policy_loaded",
@@ -80,12 +90,31 @@ class PolicyStore:
                     }
                 },
             )
+        self._notify(True)
         return True
+
+    def refuse(self, problems: list[str], source: str) -> None:
+        """Record a refused revision; the policy in force (if any) stays."""
+        with self._lock:
+            self._state = dataclasses.replace(self._state, error=LoadError(source, tuple(problems)))
+        kept = self._state.policy.revision if self._state.policy else "none"
+        log.error(
+            "policy from %s refused, keeping revision %s: %s",
+            source,
+            kept,
+            "; ".join(problems),
+            extra={"fields": {"event": "policy_refused", "source": source, "problems": problems}},
+        )
+        self._notify(False)
+
+    def _notify(self, loaded: bool) -> None:
+        for listener in self._listeners:
+            listener(self._state, loaded)
 
     @classmethod
     def from_file(cls, path: Path | None) -> PolicyStore:
         """Start from a file, or the built-in default. A bad file at start-up is fatal."""
         if path is None:
-            return cls(default_policy(), "built-in default")
-        policy = parse_policy_text(path.read_text("utf-8"))
-        return cls(policy, str(path))
+            return cls(PolicyState(default_policy(), "built-in default"))
+        text = path.read_text("utf-8")
+        return cls(PolicyState(parse_policy_text(text), str(path), text))

@@ -1,0 +1,338 @@
+"""Build the control plane binaries from the Go modules pinned in ``go.mod``.
+
+Run ``python -m controlplane.build`` from the repository root, or call
+:func:`ensure_binaries` from Python. The binaries land in a cache directory
+outside the repository::
+
+    ${SPOTGUARD_CACHE:-${XDG_CACHE_HOME:-~/.cache}/spotguard}/controlplane/<key>/bin
+
+where ``<key>`` hashes ``go.mod``, ``go.sum``, this script's
+:data:`BUILD_SCRIPT_VERSION` and the Go version, so a second call is a no-op
+until a pin changes. All binaries are built by one ``go build`` invocation so
+the packages they share compile once; Go's own module and build caches
+(``GOMODCACHE``, ``GOCACHE``) are used as configured, so a rebuild after a pin
+change is incremental.
+
+Set ``SPOTGUARD_CONTROLPLANE_BIN`` to a directory holding prebuilt binaries to
+skip building altogether.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TextIO
+
+#: Bump when this script changes how binaries are built (flags, set of binaries).
+BUILD_SCRIPT_VERSION = "1"
+
+MODULE_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Binary:
+    """One binary to build: its file name and the Go package that is its main."""
+
+    name: str
+    package: str
+
+
+BINARIES: tuple[Binary, ...] = (
+    Binary("etcd", "./cmd/etcd"),
+    Binary("kube-apiserver", "k8s.io/kubernetes/cmd/kube-apiserver"),
+    Binary("kube-controller-manager", "k8s.io/kubernetes/cmd/kube-controller-manager"),
+    Binary("kube-scheduler", "k8s.io/kubernetes/cmd/kube-scheduler"),
+    Binary("kubectl", "k8s.io/kubernetes/cmd/kubectl"),
+    Binary("kwok", "sigs.k8s.io/kwok/cmd/kwok"),
+)
+
+#: kwok stage definitions copied from the kwok module next to the binaries
+#: (directory ``kwok-stages`` beside ``bin``); the harness loads them.
+KWOK_STAGE_FILES: tuple[str, ...] = (
+    "kustomize/stage/node/fast/node-initialize.yaml",
+    "kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+    "kustomize/stage/pod/fast/pod-ready.yaml",
+    "kustomize/stage/pod/fast/pod-complete.yaml",
+    "kustomize/stage/pod/fast/pod-delete.yaml",
+)
+
+BIN_ENV = "SPOTGUARD_CONTROLPLANE_BIN"
+
+
+class BuildError(RuntimeError):
+    """The binaries could not be built; the message is one line for the user."""
+
+
+def cache_root() -> Path:
+    """``$SPOTGUARD_CACHE``, else ``$XDG_CACHE_HOME/spotguard``, else ``~/.cache/...``."""
+    explicit = os.environ.get("SPOTGUARD_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "spotguard"
+
+
+def kubernetes_version(go_mod: Path | None = None) -> str:
+    """The ``k8s.io/kubernetes`` version required by ``go.mod``, e.g. ``v1.37.2``."""
+    text = (go_mod or MODULE_DIR / "go.mod").read_text(encoding="utf-8")
+    match = re.search(r"^\s*k8s\.io/kubernetes\s+(v\d+\.\d+\.\d+\S*)", text, re.MULTILINE)
+    if match is None:
+        raise BuildError("go.mod does not require k8s.io/kubernetes")
+    return match.group(1)
+
+
+def version_ldflags(version: str) -> list[str]:
+    """``-X`` flags so the binaries report ``version`` instead of ``v0.0.0-master``."""
+    match = re.match(r"v(\d+)\.(\d+)", version)
+    if match is None:
+        raise BuildError(f"unexpected Kubernetes version {version!r}")
+    major, minor = match.groups()
+    flags: list[str] = []
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [
+            f"-X {pkg}.gitVersion={version}",
+            f"-X {pkg}.gitMajor={major}",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+        ]
+    return flags
+
+
+def _go() -> str:
+    go = shutil.which("go")
+    if go is None:
+        raise BuildError(
+            "the 'go' command was not found on PATH: install Go 1.26 or newer "
+            "(see controlplane/README.md)"
+        )
+    return go
+
+
+def go_version(go: str) -> str:
+    """The version of the Go toolchain that builds this module (honours GOTOOLCHAIN)."""
+    result = subprocess.run(
+        [go, "env", "GOVERSION"],
+        cwd=MODULE_DIR,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise BuildError(f"'go env GOVERSION' failed: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def build_key(go_ver: str) -> str:
+    """Hash of everything that decides what gets built."""
+    digest = hashlib.sha256()
+    for name in ("go.mod", "go.sum", "cmd/etcd/main.go"):
+        digest.update(name.encode())
+        digest.update((MODULE_DIR / name).read_bytes())
+    digest.update(f"script={BUILD_SCRIPT_VERSION}\ngo={go_ver}\n".encode())
+    for binary in BINARIES:
+        digest.update(f"{binary.name}={binary.package}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _log(out: TextIO, start: float, message: str) -> None:
+    print(
+        f"[controlplane build {time.monotonic() - start:6.1f}s] {message}",
+        file=out,
+        flush=True,
+    )
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Serialise concurrent builds (two pytest sessions, say) on one lock file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _pump(stream: IO[str], out: TextIO, start: float, state: dict[str, object]) -> None:
+    """Read ``go build -v`` output: count packages, announce the main packages."""
+    module = "spotguard.dev/controlplane/"
+    mains = {
+        (module + b.package[2:] if b.package.startswith("./") else b.package): b.name
+        for b in BINARIES
+    }
+    tail: list[str] = []
+    for raw in stream:
+        line = raw.rstrip("\n")
+        name = line.strip()
+        if not name:
+            continue
+        if re.fullmatch(r"[\w.\-/~+]+", name) and " " not in name:
+            state["packages"] = int(str(state.get("packages", 0))) + 1
+            state["last"] = name
+            if name in mains:
+                _log(
+                    out,
+                    start,
+                    f"compiled the main package of {mains[name]}; linking it",
+                )
+        else:
+            if name.startswith("go: downloading "):
+                state["downloads"] = int(str(state.get("downloads", 0))) + 1
+            tail.append(line)
+            del tail[:-40]
+    state["tail"] = tail
+
+
+def _heartbeat(out: TextIO, start: float, state: dict[str, object], done: threading.Event) -> None:
+    while not done.wait(15.0):
+        _log(
+            out,
+            start,
+            f"{state.get('downloads', 0)} modules downloaded, "
+            f"{state.get('packages', 0)} packages compiled, last {state.get('last', '-')}",
+        )
+
+
+def run_go_build(go: str, out_dir: Path, version: str, out: TextIO) -> None:
+    """Build every binary in :data:`BINARIES` into ``out_dir`` with one ``go build``."""
+    start = time.monotonic()
+    ldflags = " ".join(["-s", "-w", *version_ldflags(version)])
+    cmd = [
+        go,
+        "build",
+        "-v",
+        "-trimpath",
+        "-buildvcs=false",
+        "-ldflags",
+        ldflags,
+        "-o",
+        str(out_dir) + os.sep,
+        *[b.package for b in BINARIES],
+    ]
+    names = ", ".join(b.name for b in BINARIES)
+    _log(out, start, f"go build {names} (Kubernetes {version}) into {out_dir}")
+    proc = subprocess.Popen(
+        cmd,
+        cwd=MODULE_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    if proc.stdout is None:  # pragma: no cover - stdout=PIPE guarantees it
+        raise BuildError("go build produced no output stream")
+    state: dict[str, object] = {}
+    done = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(out, start, state, done), daemon=True)
+    beat.start()
+    try:
+        _pump(proc.stdout, out, start, state)
+        code = proc.wait()
+    finally:
+        done.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if code != 0:
+        tail = state.get("tail", [])
+        if isinstance(tail, list):
+            for line in tail:
+                print(line, file=out)
+        raise BuildError(f"go build failed with exit code {code} (output above)")
+    _log(out, start, f"done: {state.get('packages', 0)} packages compiled")
+
+
+def copy_kwok_stages(go: str, dest: Path) -> None:
+    """Copy kwok's stage definitions from the pinned kwok module into ``dest``."""
+    result = subprocess.run(
+        [go, "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/kwok"],
+        cwd=MODULE_DIR,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0 or not result.stdout.strip():
+        raise BuildError(f"cannot locate the kwok module: {result.stderr.strip()}")
+    root = Path(result.stdout.strip())
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel in KWOK_STAGE_FILES:
+        shutil.copyfile(root / rel, dest / Path(rel).name)
+
+
+def ensure_binaries(out: TextIO | None = None, force: bool = False) -> Path:
+    """Return the directory holding the binaries, building them first if needed.
+
+    Progress goes to ``out`` (default: stderr). Raises :class:`BuildError`.
+    """
+    stream = out if out is not None else sys.stderr
+    prebuilt = os.environ.get(BIN_ENV)
+    if prebuilt:
+        bin_dir = Path(prebuilt).expanduser().resolve()
+        missing = [b.name for b in BINARIES if not (bin_dir / b.name).is_file()]
+        if missing:
+            raise BuildError(f"${BIN_ENV}={bin_dir} lacks {', '.join(missing)}")
+        return bin_dir
+    go = _go()
+    version = kubernetes_version()
+    key_dir = cache_root() / "controlplane" / build_key(go_version(go))
+    bin_dir = key_dir / "bin"
+    if not force and (key_dir / "complete").is_file():
+        return bin_dir
+    with _locked(key_dir.parent / f"{key_dir.name}.lock"):
+        if not force and (key_dir / "complete").is_file():
+            return bin_dir  # another process built it while we waited
+        start = time.monotonic()
+        staging = key_dir / f"bin.tmp-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        try:
+            run_go_build(go, staging, version, stream)
+            copy_kwok_stages(go, key_dir / "kwok-stages")
+            (key_dir / "complete").unlink(missing_ok=True)
+            shutil.rmtree(bin_dir, ignore_errors=True)
+            staging.rename(bin_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        (key_dir / "complete").write_text(f"{version}\n", encoding="utf-8")
+        _log(stream, start, f"binaries ready in {bin_dir}")
+    return bin_dir
+
+
+def kwok_stages_dir(bin_dir: Path) -> Path:
+    """Where :func:`ensure_binaries` put kwok's stage files for ``bin_dir``."""
+    return bin_dir.parent / "kwok-stages"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m controlplane.build",
+        description="Build etcd, kube-apiserver, kube-controller-manager, "
+        "kube-scheduler, "
+        "kubectl and kwok from the pinned Go modules; print the bin directory.",
+    )
+    parser.add_argument("--force", action="store_true", help="rebuild even if cached")
+    args = parser.parse_args(argv)
+    try:
+        bin_dir = ensure_binaries(force=args.force)
+    except BuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(bin_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
