@@ -89,6 +89,7 @@ AKS_SPOT_TAINT = Taint(AKS_PRIORITY_LABEL, "spot", "NoSchedule")
 class SimulatedNode:
     name: str
     taints: tuple[Taint, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,12 @@ NODE_GROUPS: tuple[NodeGroup, ...] = (
         instance_type="g5.xlarge",
         labels={LIFECYCLE_LABEL: "on-demand", EKS_CAPACITY_TYPE_LABEL: "ON_DEMAND"},
         nodes=(
-            SimulatedNode("on-demand-1", taints=(CRITICAL_ADDONS_ONLY,)),
+            # Reserved for critical add-ons: tainted, and labelled as EKS add-on groups are.
+            SimulatedNode(
+                "on-demand-1",
+                taints=(CRITICAL_ADDONS_ONLY,),
+                labels={CRITICAL_ADDONS_ONLY.key: CRITICAL_ADDONS_ONLY.value},
+            ),
             SimulatedNode("on-demand-2"),
             SimulatedNode("on-demand-3"),
         ),
@@ -174,6 +180,7 @@ def node_manifest(group: NodeGroup, node: SimulatedNode, kube_version: str) -> d
         "kubernetes.io/hostname": node.name,
         "type": "kwok",
         NODE_GROUP_LABEL: group.name,
+        **node.labels,
     }
     resources = dict(group.allocatable)
     return {

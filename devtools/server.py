@@ -6,6 +6,8 @@ certificates, waits for ``/readyz`` and stops it again.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -45,13 +47,15 @@ class RunningServer:
         session.verify = str(self.certs.ca_cert)
         return session
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 40.0) -> None:
+        """SIGTERM (the graceful path), then SIGKILL to the whole process group: a killed
+        master must not leave workers behind still answering the API server."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=20)
+                self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
 
 
@@ -77,7 +81,9 @@ def start_server(
         "--shutdown-delay", str(shutdown_delay), *extra_args,
     ]  # fmt: skip
     with log_file.open("ab") as log:
-        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     server = RunningServer(f"https://127.0.0.1:{port}", port, certs, process, log_file)
     deadline = time.monotonic() + ready_timeout
     with server.session() as session:

@@ -1,0 +1,79 @@
+"""Register spotguard's webhooks with a local API server, and wait until they are live.
+
+The registrations come from ``deploy/base/webhooks.yaml`` (the ones users install), with
+only the clientConfig swapped: a ``url`` on 127.0.0.1 instead of the in-cluster Service.
+A stored configuration does not prove the API server already calls it, so
+:func:`wait_until_called` sends a canary pod (dry run) until it comes back mutated.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from controlplane.harness import ControlPlane
+from devtools.server import REPO
+
+WEBHOOKS_FILE = REPO / "deploy" / "base" / "webhooks.yaml"
+INJECTED_ANNOTATION = "spotguard.dev/injected"
+
+
+def local_registrations(webhook_url: str, ca_file: Path) -> list[dict[str, Any]]:
+    """The shipped webhook configurations, pointed at ``webhook_url`` with our CA."""
+    ca_bundle = base64.b64encode(ca_file.read_bytes()).decode()
+    documents = [d for d in yaml.safe_load_all(WEBHOOKS_FILE.read_text()) if d]
+    for document in documents:
+        for webhook in document["webhooks"]:
+            path = webhook["clientConfig"]["service"]["path"]
+            webhook["clientConfig"] = {"url": webhook_url + path, "caBundle": ca_bundle}
+    return documents
+
+
+def register(cluster: ControlPlane, webhook_url: str, ca_file: Path) -> None:
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": local_registrations(webhook_url, ca_file),
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest), check=True)
+
+
+def unregister(cluster: ControlPlane) -> None:
+    cluster.kubectl(
+        "delete", "mutatingwebhookconfiguration,validatingwebhookconfiguration", "spotguard",
+        "--ignore-not-found",
+    )  # fmt: skip
+
+
+def canary_pod(namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": "spotguard-canary-",
+            "namespace": namespace,
+            "labels": {"spotguard.dev/fault-tolerant": "true"},
+        },
+        "spec": {"containers": [{"name": "c", "image": "registry.example/canary:1"}]},
+    }
+
+
+def wait_until_called(cluster: ControlPlane, namespace: str, timeout: float = 30.0) -> float:
+    """Seconds until a dry-run canary pod comes back mutated by the webhook."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        result = cluster.kubectl(
+            "create", "--dry-run=server", "-o", "json", "-f", "-",
+            input=json.dumps(canary_pod(namespace)),
+        )  # fmt: skip
+        if result.returncode == 0:
+            annotations = json.loads(result.stdout)["metadata"].get("annotations") or {}
+            if INJECTED_ANNOTATION in annotations:
+                return time.monotonic() - started
+        time.sleep(0.2)
+    raise TimeoutError(f"the API server did not call the webhook within {timeout:.0f} s")
