@@ -225,11 +225,13 @@ def _add_checkpoint_storage(
                 changes.append(Change("checkpointVolume", f"mount in {container.get('name')}"))
     if settings.env:
         grace = spec.get("terminationGracePeriodSeconds", API_DEFAULT_GRACE_SECONDS)
-        hook_budget = max(1, int(grace) - policy.inject.pre_stop.sigterm_reserve_seconds)
+        reserve = policy.inject.pre_stop.sigterm_reserve_seconds
+        hook_budget = max(1, int(grace) - reserve)
         variables = {
             "SPOTGUARD_CHECKPOINT_DIR": settings.mount_path,
             "SPOTGUARD_RESUME": "latest",
             "SPOTGUARD_PRESTOP_TIMEOUT_SECONDS": str(hook_budget),
+            "SPOTGUARD_SIGTERM_RESERVE_SECONDS": str(reserve),
         }
         for container in targets:
             env: list[JSONObject] = container.get("env") or []

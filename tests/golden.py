@@ -34,6 +34,18 @@ CASES_DIR = Path(__file__).parent / "cases"
 REGENERATE = os.environ.get("SPOTGUARD_REGENERATE_GOLDEN") == "1"
 
 
+class _ReadableDumper(yaml.SafeDumper):
+    """Multi-line strings (the hook script) as literal blocks, so diffs stay readable."""
+
+
+def _string(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_ReadableDumper.add_representer(str, _string)
+
+
 def _load(path: Path) -> Any:
     return yaml.safe_load(path.read_text("utf-8"))
 
@@ -60,7 +72,7 @@ class Case:
         if name.endswith(".json"):
             path.write_text(json.dumps(value, indent=2) + "\n")
         else:
-            path.write_text(yaml.safe_dump(value, sort_keys=False, width=100))
+            path.write_text(yaml.dump(value, Dumper=_ReadableDumper, sort_keys=False, width=100))
 
 
 def load_case(directory: Path) -> Case:
