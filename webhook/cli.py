@@ -185,6 +185,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         shutdown_delay=args.shutdown_delay,
         metrics_bind=args.metrics_bind,
         log_level=args.log_level.lower(),
+        worker_class=args.worker_class,
     )
     WebhookServer(options, store, source).run()
     return EXIT_OK
@@ -254,7 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=2, help="worker processes (default %(default)s)"
     )
     serve.add_argument(
-        "--threads", type=int, default=8, help="threads per worker (default %(default)s)"
+        "--threads", type=int, default=4, help="threads per gthread worker (default %(default)s)"
+    )
+    serve.add_argument(
+        "--worker-class",
+        choices=["gthread", "gevent"],
+        default="gthread",
+        help="gunicorn worker type; both keep connections alive (default %(default)s; "
+        "gevent needs the gevent package: pip install spotguard[gevent])",
     )
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     serve.set_defaults(handler=cmd_serve)

@@ -51,11 +51,12 @@ class ServerOptions:
     key_file: Path
     runtime_dir: Path
     workers: int = 2
-    threads: int = 8
+    threads: int = 4
     graceful_timeout: int = 20
     shutdown_delay: float = 5.0
     metrics_bind: str | None = None
     log_level: str = "info"
+    worker_class: str = "gthread"
 
 
 class DrainingThreadWorker(ThreadWorker):  # type: ignore[misc]
@@ -71,6 +72,14 @@ class DrainingThreadWorker(ThreadWorker):  # type: ignore[misc]
         super()._cap_keepalive(deadline)
         for conn in getattr(self, "pending_conns", ()):
             conn.timeout = min(conn.timeout, deadline)
+
+
+#: Both keep connections alive. gthread is the default; gevent (optional dependency
+#: ``spotguard[gevent]``) trades threads for greenlets.
+WORKER_CLASSES: dict[str, object] = {
+    "gthread": DrainingThreadWorker,
+    "gevent": "gevent",
+}
 
 
 class DrainingArbiter(Arbiter):  # type: ignore[misc]
@@ -104,7 +113,7 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
             "certfile": str(options.cert_file),
             "keyfile": str(options.key_file),
             "ssl_context": self._tls.gunicorn_hook(),
-            "worker_class": DrainingThreadWorker,
+            "worker_class": WORKER_CLASSES[options.worker_class],
             "workers": options.workers,
             "threads": options.threads,
             "keepalive": KEEPALIVE_SECONDS,
