@@ -13,11 +13,14 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from certs.kube import Target, ensure
+from certs.lifecycle import Wanted
 from certs.pki import generate_pair, service_dns_names
 from policies.decisions import PodContext
 from policies.loader import PolicyError, default_policy, parse_policy_text
@@ -132,12 +135,9 @@ def _policy_source(args: argparse.Namespace) -> tuple[PolicyStore, PolicySource 
         namespace, _, name = args.policy_configmap.partition("/")
         if not namespace or not name:
             raise CLIError("--policy-configmap must be NAMESPACE/NAME")
-        from kubernetes import client, config  # noqa: PLC0415 - only needed in-cluster
+        from kubernetes import client  # noqa: PLC0415 - only needed with a ConfigMap
 
-        if args.kubeconfig:
-            config.load_kube_config(str(args.kubeconfig))
-        else:
-            config.load_incluster_config()
+        _load_kube_config(args.kubeconfig)
         store = PolicyStore(PolicyState(None, f"waiting for configmap {namespace}/{name}"))
         source = ConfigMapPolicySource(
             namespace, name, store, client.CoreV1Api(), key=args.policy_key
@@ -146,6 +146,44 @@ def _policy_source(args: argparse.Namespace) -> tuple[PolicyStore, PolicySource 
         return store, source
     store = PolicyStore.from_file(args.policy)  # a bad file fails here, before forking
     return store, FilePolicySource(args.policy, store) if args.policy else None
+
+
+def _load_kube_config(kubeconfig: Path | None) -> None:
+    from kubernetes import config  # noqa: PLC0415 - only commands that talk to a cluster
+
+    if kubeconfig:
+        config.load_kube_config(str(kubeconfig))
+    else:
+        config.load_incluster_config()
+
+
+def cmd_certs_ensure(args: argparse.Namespace) -> int:
+    from kubernetes import client  # noqa: PLC0415
+    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+
+    _load_kube_config(args.kubeconfig)
+    names = [*service_dns_names(args.service, args.namespace), *args.dns]
+    wanted = Wanted(
+        dns_names=tuple(names),
+        ip_addresses=tuple(args.ip),
+        renew_serving_before=timedelta(days=args.renew_before_days),
+        renew_ca_before=timedelta(days=args.ca_renew_before_days),
+    )
+    target = Target(args.namespace, args.secret, args.webhook_config)
+    try:
+        actions = ensure(
+            client.CoreV1Api(),
+            client.AdmissionregistrationV1Api(),
+            target,
+            wanted,
+            rotate_serving=args.rotate == "serving",
+            rotate_ca=args.rotate == "ca",
+        )
+    except ApiException as error:
+        raise CLIError(f"Kubernetes API: {error.status} {error.reason}") from None
+    for action in actions or ["certificates are current; nothing to do"]:
+        print(f"spotguard certs: {action}")
+    return EXIT_OK
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -191,15 +229,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="spotguard",
-        description="Admission webhook that puts fault-tolerant ML training on spot capacity "
-        "and keeps other workloads off it.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    policy_help = "policy document (YAML); default: the built-in policy"
-
+def _add_serve_command(commands: Any, policy_help: str) -> None:
     serve = commands.add_parser(
         "serve",
         help="serve /mutate and /validate over TLS with gunicorn",
@@ -267,6 +297,75 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     serve.set_defaults(handler=cmd_serve)
 
+
+def _add_certs_commands(commands: Any) -> None:
+    certs = commands.add_parser("certs", help="manage the webhook's certificates")
+    certs_commands = certs.add_subparsers(dest="certs_command", required=True, metavar="COMMAND")
+    generate = certs_commands.add_parser(
+        "generate",
+        help="write a new CA and serving certificate",
+        description="Write ca.crt, ca.key, tls.crt and tls.key.",
+    )
+    generate.add_argument("--out", type=Path, required=True, help="directory to write to")
+    generate.add_argument(
+        "--service", default="spotguard", help="Service name (default %(default)s)"
+    )
+    generate.add_argument(
+        "--namespace", default="spotguard-system", help="Service namespace (default %(default)s)"
+    )
+    generate.add_argument("--dns", action="append", default=[], help="extra DNS name (repeatable)")
+    generate.add_argument("--ip", action="append", default=[], help="extra IP address (repeatable)")
+    generate.set_defaults(handler=cmd_certs_generate)
+    ensure_cmd = certs_commands.add_parser(
+        "ensure",
+        help="create, renew or rotate the certificates in a Secret and the webhooks' caBundle",
+        description="Idempotent (run it as a Job and a daily CronJob): creates a CA and serving "
+        "certificate in the Secret if missing, renews the serving certificate before it "
+        "expires, rotates the CA with an overlap (old and new CA both trusted until the old "
+        "one expires), and patches the caBundle of both webhook configurations.",
+    )
+    ensure_cmd.add_argument("--namespace", default="spotguard-system", help="(default %(default)s)")
+    ensure_cmd.add_argument("--secret", default="spotguard-tls", help="(default %(default)s)")
+    ensure_cmd.add_argument("--service", default="spotguard", help="(default %(default)s)")
+    ensure_cmd.add_argument(
+        "--webhook-config",
+        default="spotguard",
+        help="name of both webhook configurations (default %(default)s)",
+    )
+    ensure_cmd.add_argument(
+        "--dns", action="append", default=[], help="extra DNS name (repeatable)"
+    )
+    ensure_cmd.add_argument("--ip", action="append", default=[], help="IP address SAN (repeatable)")
+    ensure_cmd.add_argument(
+        "--renew-before-days",
+        type=int,
+        default=30,
+        help="renew the serving certificate this long before expiry (default %(default)s)",
+    )
+    ensure_cmd.add_argument(
+        "--ca-renew-before-days",
+        type=int,
+        default=90,
+        help="rotate the CA this long before expiry (default %(default)s)",
+    )
+    ensure_cmd.add_argument(
+        "--rotate", choices=["serving", "ca"], help="rotate now, whatever the expiry dates"
+    )
+    ensure_cmd.add_argument("--kubeconfig", type=Path, help="default: in-cluster configuration")
+    ensure_cmd.set_defaults(handler=cmd_certs_ensure)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spotguard",
+        description="Admission webhook that puts fault-tolerant ML training on spot capacity "
+        "and keeps other workloads off it.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    policy_help = "policy document (YAML); default: the built-in policy"
+
+    _add_serve_command(commands, policy_help)
+
     for name, handler, text in (
         ("mutate", cmd_mutate, "print the pod as the mutating webhook would admit it"),
         (
@@ -303,23 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path, help="policy document (YAML; - for stdin)")
     check.set_defaults(handler=cmd_policy_check)
 
-    certs = commands.add_parser("certs", help="manage the webhook's certificates")
-    certs_commands = certs.add_subparsers(dest="certs_command", required=True, metavar="COMMAND")
-    generate = certs_commands.add_parser(
-        "generate",
-        help="write a new CA and serving certificate",
-        description="Write ca.crt, ca.key, tls.crt and tls.key.",
-    )
-    generate.add_argument("--out", type=Path, required=True, help="directory to write to")
-    generate.add_argument(
-        "--service", default="spotguard", help="Service name (default %(default)s)"
-    )
-    generate.add_argument(
-        "--namespace", default="spotguard-system", help="Service namespace (default %(default)s)"
-    )
-    generate.add_argument("--dns", action="append", default=[], help="extra DNS name (repeatable)")
-    generate.add_argument("--ip", action="append", default=[], help="extra IP address (repeatable)")
-    generate.set_defaults(handler=cmd_certs_generate)
+    _add_certs_commands(commands)
     return parser
 
 
