@@ -23,18 +23,21 @@ WEBHOOKS_FILE = REPO / "deploy" / "base" / "webhooks.yaml"
 INJECTED_ANNOTATION = "spotguard.dev/injected"
 
 
-def local_registrations(webhook_url: str, ca_file: Path) -> list[dict[str, Any]]:
-    """The shipped webhook configurations, pointed at ``webhook_url`` with our CA."""
-    ca_bundle = base64.b64encode(ca_file.read_bytes()).decode()
+def local_registrations(webhook_url: str, ca_file: Path | None) -> list[dict[str, Any]]:
+    """The shipped webhook configurations, pointed at ``webhook_url``, trusting ``ca_file``
+    (None: no caBundle yet, as before ``spotguard certs ensure`` has run)."""
     documents = [d for d in yaml.safe_load_all(WEBHOOKS_FILE.read_text()) if d]
     for document in documents:
         for webhook in document["webhooks"]:
             path = webhook["clientConfig"]["service"]["path"]
-            webhook["clientConfig"] = {"url": webhook_url + path, "caBundle": ca_bundle}
+            webhook["clientConfig"] = {"url": webhook_url + path}
+            if ca_file is not None:
+                ca_bundle = base64.b64encode(ca_file.read_bytes()).decode()
+                webhook["clientConfig"]["caBundle"] = ca_bundle
     return documents
 
 
-def register(cluster: ControlPlane, webhook_url: str, ca_file: Path) -> None:
+def register(cluster: ControlPlane, webhook_url: str, ca_file: Path | None) -> None:
     manifest = {
         "apiVersion": "v1",
         "kind": "List",

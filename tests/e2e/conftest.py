@@ -1,15 +1,23 @@
 """End-to-end fixtures: a real control plane (built from Go modules) calling the real
-webhook (gunicorn, TLS) registered with the shipped webhook configurations.
+webhook (gunicorn, TLS), installed the way the manifests install it:
+
+- the shipped webhook configurations, with a url on 127.0.0.1 instead of the Service;
+- certificates made by `spotguard certs ensure` in the Secret spotguard-system/spotguard-tls
+  (it also patches the caBundle), copied to the server's directory as a kubelet would;
+- the policy in the ConfigMap spotguard-system/spotguard-policy, watched live;
+- metrics on their own port.
 
 The control plane and the webhook start once per session; each test gets its own
-namespace. Logs of every component stay in pytest's temporary directory; a failing test
-prints where they are and their last lines.
+namespace. Every component's log stays in pytest's temporary directory; a failing test
+prints where, and the last lines.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,14 +27,19 @@ from typing import Any
 
 import pytest
 
+from certs.pki import CertPaths
 from controlplane.build import ensure_binaries
 from controlplane.harness import ControlPlane, group_of_node
 from devtools.registration import register, wait_until_called
-from devtools.server import RunningServer, start_server
+from devtools.secret_sync import SecretSync
+from devtools.server import REPO, RunningServer, free_port, start_server
 from policies.loader import parse_policy_text
 
 ENFORCE_POLICY = "mode: enforce\n"
 AUDIT_POLICY = "mode: audit\n"
+SYSTEM_NAMESPACE = "spotguard-system"
+POLICY_CONFIGMAP = "spotguard-policy"
+TLS_SECRET = "spotguard-tls"
 
 
 def _binaries_or_skip() -> Path:
@@ -35,27 +48,78 @@ def _binaries_or_skip() -> Path:
     return ensure_binaries()
 
 
+def spotguard_cli(cluster: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the spotguard CLI against the control plane, as a Job in the cluster would."""
+    return subprocess.run(
+        [sys.executable, "-m", "webhook", *args, "--kubeconfig", str(cluster.kubeconfig)],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def policy_configmap(text: str) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": POLICY_CONFIGMAP, "namespace": SYSTEM_NAMESPACE},
+            "data": {"policy.yaml": text},
+        }
+    )
+
+
 @dataclass
 class Webhook:
-    """The running webhook and its live policy file."""
+    """The running webhook, its policy ConfigMap and its metrics endpoint."""
 
-    server: RunningServer
-    policy_file: Path
+    cluster: ControlPlane
+    workdir: Path
+    port: int
+    metrics_port: int
+    sync: SecretSync
+    server: RunningServer | None = None
 
-    def revision(self) -> str:
-        with self.server.session() as session:
-            return str(session.get(self.server.url + "/readyz", timeout=5).json()["policyRevision"])
+    @property
+    def running(self) -> RunningServer:
+        assert self.server is not None, "the webhook is not running"
+        return self.server
 
-    def set_policy(self, text: str, timeout: float = 10.0) -> None:
-        """Write a new policy and wait until every worker serves it."""
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def revisions(self, asks: int = 4) -> set[str]:
+        with self.running.session() as session:
+            return {
+                str(session.get(self.running.url + "/readyz", timeout=5).json()["policyRevision"])
+                for _ in range(asks)
+            }
+
+    def apply_policy(self, text: str) -> subprocess.CompletedProcess[str]:
+        return self.cluster.kubectl("apply", "-f", "-", input=policy_configmap(text))
+
+    def set_policy(self, text: str, timeout: float = 10.0) -> float:
+        """Apply a policy to the ConfigMap; seconds until every worker serves it."""
         wanted = parse_policy_text(text).revision
-        self.policy_file.write_text(text)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(self.revision() == wanted for _ in range(4)):
-                return
-            time.sleep(0.1)
+        started = time.monotonic()
+        result = self.apply_policy(text)
+        assert result.returncode == 0, result.stderr
+        while time.monotonic() - started < timeout:
+            if self.revisions() == {wanted}:
+                return time.monotonic() - started
+            time.sleep(0.05)
         raise TimeoutError(f"policy revision {wanted} not in force after {timeout} s")
+
+    def start(self) -> None:
+        sync_dir = self.workdir / "certs"
+        self.server = start_server(
+            self.workdir,
+            "--policy-configmap", f"{SYSTEM_NAMESPACE}/{POLICY_CONFIGMAP}",
+            "--kubeconfig", str(self.cluster.kubeconfig),
+            "--metrics-bind", f"127.0.0.1:{self.metrics_port}",
+            workers=2,
+            port=self.port,
+            certs=CertPaths(sync_dir / "ca-bundle.crt", sync_dir / "tls.crt", sync_dir / "tls.key"),
+        )  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -73,16 +137,25 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
 @pytest.fixture(scope="session")
 def webhook(cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webhook]:
     workdir = tmp_path_factory.mktemp("webhook")
-    policy_file = workdir / "policy.yaml"
-    policy_file.write_text(ENFORCE_POLICY)
-    running = Webhook(start_server(workdir, "--policy", str(policy_file), workers=2), policy_file)
+    cluster.ensure_namespace(SYSTEM_NAMESPACE)
+    port = free_port()
+    register(cluster, f"https://127.0.0.1:{port}", None)
+    created = spotguard_cli(cluster, "certs", "ensure", "--ip", "127.0.0.1", "--dns", "localhost")
+    assert created.returncode == 0, created.stderr
+    sync = SecretSync(cluster, SYSTEM_NAMESPACE, TLS_SECRET, workdir / "certs")
+    assert sync.sync_once()
+    sync.start()
+    running = Webhook(cluster, workdir, port, free_port(), sync)
+    assert running.apply_policy(ENFORCE_POLICY).returncode == 0
+    running.start()
     try:
-        register(cluster, running.server.url, running.server.ca_file)
         cluster.ensure_namespace("spotguard-canary")
         wait_until_called(cluster, "spotguard-canary")
         yield running
     finally:
-        running.server.stop()  # the one running now: a test may have restarted it
+        if running.server is not None:
+            running.server.stop()  # the one running now: a test may have restarted it
+        sync.stop()
 
 
 @pytest.fixture
@@ -92,7 +165,7 @@ def enforce(webhook: Webhook) -> Webhook:
 
 
 @pytest.fixture
-def namespace(cluster: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+def namespace(cluster: ControlPlane) -> Iterator[str]:
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     cluster.ensure_namespace(name)
     yield name

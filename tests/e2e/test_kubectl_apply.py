@@ -13,7 +13,7 @@ import pytest
 
 from controlplane.harness import ControlPlane
 from devtools.registration import INJECTED_ANNOTATION, wait_until_called
-from devtools.server import REPO, start_server
+from devtools.server import REPO
 from tests.e2e.conftest import (
     AUDIT_POLICY,
     ENFORCE_POLICY,
@@ -185,7 +185,7 @@ def test_webhook_outage_follows_the_failure_policy(
 ) -> None:
     """Both webhooks are failurePolicy: Ignore: while spotguard is down, pods are admitted
     as they would be without it (unmutated), promptly, never blocked."""
-    server = webhook.server
+    server = webhook.running
     stopping = time.monotonic()
     server.stop()
     print(f"webhook stopped in {time.monotonic() - stopping:.1f} s")
@@ -204,9 +204,5 @@ def test_webhook_outage_follows_the_failure_policy(
         assert code == 0, stderr
     finally:
         cluster.kubectl("delete", "pod", "checkout-api", "-n", "kube-system", "--ignore-not-found")
-        restarted = start_server(
-            server.log_file.parent, "--policy", str(webhook.policy_file), workers=2,
-            port=server.port, certs=server.certs,
-        )  # fmt: skip
-        webhook.server = restarted
+        webhook.start()
         wait_until_called(cluster, "spotguard-canary")
