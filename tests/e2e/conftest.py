@@ -87,12 +87,14 @@ class Webhook:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
-    def revisions(self, asks: int = 4) -> set[str]:
-        with self.running.session() as session:
-            return {
-                str(session.get(self.running.url + "/readyz", timeout=5).json()["policyRevision"])
-                for _ in range(asks)
-            }
+    def revisions(self, asks: int = 6) -> set[str]:
+        """Revisions answered on ``asks`` new connections (so both workers are asked)."""
+        answers = set()
+        for _ in range(asks):
+            with self.running.session() as session:
+                ready = session.get(self.running.url + "/readyz", timeout=5).json()
+                answers.add(str(ready["policyRevision"]))
+        return answers
 
     def apply_policy(self, text: str) -> subprocess.CompletedProcess[str]:
         return self.cluster.kubectl("apply", "-f", "-", input=policy_configmap(text))
