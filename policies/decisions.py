@@ -2,10 +2,57 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from policies.model import Mode, Rule
 from policies.pods import JSONObject
+
+#: A node's labels by node name; None when the node is unknown (not in the cache yet).
+NodeLabels = Callable[[str], Mapping[str, str] | None]
+#: Whether the PVC (namespace, name) is bound to a node-local PersistentVolume.
+LocalClaims = Callable[[str, str], bool]
+
+
+def _unknown_node(name: str) -> Mapping[str, str] | None:
+    return None
+
+
+def _no_local_claims(namespace: str, claim: str) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class ClusterFacts:
+    """What the rules may know of the cluster beyond the request; the transport supplies it.
+
+    The rules stay pure: a pod does not say whether the node it names is spot, or whether
+    its claim is bound to a local volume, so the transport passes lookups (backed by watch
+    caches). The defaults know nothing: every node is unknown and no claim is local.
+    """
+
+    node_labels: NodeLabels = _unknown_node
+    local_claims: LocalClaims = _no_local_claims
+
+    def is_local_claim(self, namespace: str, claim: str) -> bool:
+        return self.local_claims(namespace, claim)
+
+    @classmethod
+    def from_data(
+        cls,
+        nodes: Mapping[str, Mapping[str, str]] | None = None,
+        local_claims: Iterable[str] = (),
+    ) -> ClusterFacts:
+        """Facts from plain data: node name to labels, and ``namespace/name`` of local claims."""
+        known = dict(nodes or {})
+        local = frozenset(local_claims)
+        return cls(
+            node_labels=known.get,
+            local_claims=lambda namespace, claim: f"{namespace}/{claim}" in local,
+        )
+
+
+NO_CLUSTER_FACTS = ClusterFacts()
 
 
 @dataclass(frozen=True)
@@ -14,6 +61,7 @@ class PodContext:
 
     namespace: str
     operation: str = "CREATE"
+    cluster: ClusterFacts = NO_CLUSTER_FACTS
 
 
 @dataclass(frozen=True)
@@ -71,3 +119,51 @@ class ValidationDecision:
     @property
     def audited(self) -> tuple[Violation, ...]:
         return tuple(v for v in self.violations if v.mode is Mode.AUDIT)
+
+
+@dataclass(frozen=True)
+class TemplateMutation:
+    """The pod rules' mutation decision for one template, at its path in the object."""
+
+    path: str
+    decision: MutationDecision
+
+
+@dataclass(frozen=True)
+class ObjectMutation:
+    """The outcome of the mutating rules for a workload object's templates.
+
+    Templates may be decided differently (a Ray head kept off spot, its workers injected;
+    one rule enforced, another audited), so each keeps its own decision. ``mutated`` is the
+    object with every enforce-mode template change applied, None when there is none:
+    the transport patches from it and reports the audit-mode ones as warnings.
+    """
+
+    templates: tuple[TemplateMutation, ...] = ()
+    mutated: JSONObject | None = None
+
+    @property
+    def changes(self) -> tuple[Change, ...]:
+        """What the patch injects (enforce mode only)."""
+        return tuple(
+            change
+            for template in self.templates
+            if template.decision.mode is Mode.ENFORCE
+            for change in template.decision.changes
+        )
+
+    @property
+    def audited(self) -> tuple[TemplateMutation, ...]:
+        """Templates that would change in enforce mode but are only reported (audit mode)."""
+        return tuple(
+            t for t in self.templates if t.decision.mode is Mode.AUDIT and t.decision.changes
+        )
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """The templates' own warnings, each naming its template."""
+        return tuple(
+            f"{warning} (in {template.path})"
+            for template in self.templates
+            for warning in template.decision.warnings
+        )

@@ -23,10 +23,15 @@ from policies.model import (
     LabelSelector,
     Mode,
     Policy,
+    PoorCandidateSettings,
     PreStopSettings,
     Rule,
     SelectorRequirement,
+    TemplateLocation,
+    WorkloadKind,
 )
+from policies.operators import OPERATOR_PRESETS
+from policies.paths import parse_path
 from policies.presets import PRESETS, NodeLabel, Taint
 from policies.schema import format_path, schema_errors
 
@@ -35,6 +40,10 @@ _RULE_KEYS = {
     Rule.KEEP_OFF_SPOT: "keepOffSpot",
     Rule.SPOT_REQUIRES_FAULT_TOLERANCE: "spotRequiresFaultTolerance",
     Rule.GRACE_PERIOD_FITS_NOTICE: "gracePeriodFitsNotice",
+    Rule.STATEFUL_WORKLOAD: "statefulWorkload",
+    Rule.LATENCY_CRITICAL: "latencyCritical",
+    Rule.LOCAL_STORAGE: "localStorage",
+    Rule.SPOT_NODE_BINDING: "spotNodeBinding",
 }
 
 
@@ -59,17 +68,27 @@ def _default_document() -> dict[str, Any]:
     return document
 
 
-#: Mappings a document replaces whole: merging a selector would keep the default opt-in
-#: label beside the user's own, so a pod would have to carry both.
-_REPLACED_WHOLE = frozenset({"faultTolerant"})
+#: The keys of ``faultTolerant`` that form its label selector. A document that states either
+#: replaces the default selector whole: merging would keep the default opt-in label beside
+#: the user's own, so a pod would have to carry both. ``operatorPresets`` merges on its own.
+_SELECTOR_KEYS = frozenset({"matchLabels", "matchExpressions"})
+
+
+def _merge_fault_tolerant(override: Any, base: dict[str, Any]) -> Any:
+    if not isinstance(override, dict) or not override:
+        return override  # the schema names the problem
+    if _SELECTOR_KEYS & override.keys():
+        kept = {k: v for k, v in base.items() if k not in _SELECTOR_KEYS}
+        return {**kept, **override}
+    return {**base, **override}
 
 
 def merge_over_defaults(overrides: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     """Deep-merge ``overrides`` into ``base``: mappings merge key by key, anything else replaces."""
     merged = dict(base)
     for key, value in overrides.items():
-        if key in _REPLACED_WHOLE:
-            merged[key] = value
+        if key == "faultTolerant" and isinstance(merged.get(key), dict):
+            merged[key] = _merge_fault_tolerant(value, merged[key])
         elif isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = merge_over_defaults(value, merged[key])
         else:
@@ -131,12 +150,73 @@ def _semantic_errors(doc: dict[str, Any]) -> list[str]:
             problems.append(f"{path}: must not be empty for operator {requirement['operator']}")
         if requirement["operator"] in ("Exists", "DoesNotExist") and has_values:
             problems.append(f"{path}: must be empty for operator {requirement['operator']}")
+    selector = doc["faultTolerant"]
+    if (
+        not selector.get("matchLabels")
+        and not selector.get("matchExpressions")
+        and not selector.get("operatorPresets")
+    ):
+        problems.append(
+            "faultTolerant: name matchLabels, matchExpressions or operatorPresets "
+            "(an empty selector would opt every pod in)"
+        )
+    problems += _workload_errors(doc["workloads"])
     spot = doc["spotNodes"]
     if not spot["presets"] and not spot["labels"] and not spot["taints"]:
         problems.append("spotNodes: name at least one preset, label or taint")
     if not spot["presets"] and spot["noticeWindowSeconds"] is None:
         problems.append("spotNodes.noticeWindowSeconds: required when no preset is selected")
     return problems
+
+
+def _template_entry(entry: str | dict[str, Any]) -> dict[str, Any]:
+    return {"path": entry} if isinstance(entry, str) else entry
+
+
+def _workload_errors(workloads: dict[str, Any]) -> list[str]:
+    """Template paths must parse; a kind may appear once per list."""
+    problems: list[str] = []
+    for field in ("kinds", "extraKinds"):
+        seen: set[tuple[str, str]] = set()
+        for index, item in enumerate(workloads[field]):
+            key = (item["group"], item["kind"])
+            if key in seen:
+                where = format_path(["workloads", field, index])
+                problems.append(f"{where}: {item['kind']} of group {item['group']!r} listed twice")
+            seen.add(key)
+            for number, entry in enumerate(item["templatePaths"]):
+                try:
+                    parse_path(_template_entry(entry)["path"])
+                except ValueError as error:
+                    where = format_path(["workloads", field, index, "templatePaths", number])
+                    problems.append(f"{where}: {error}")
+    return problems
+
+
+def _workload_kinds(workloads: dict[str, Any]) -> tuple[WorkloadKind, ...]:
+    """The default kinds, with each extra kind added or replacing the one it names."""
+    by_key: dict[tuple[str, str], dict[str, Any]] = {}
+    for item in [*workloads["kinds"], *workloads["extraKinds"]]:
+        by_key[(item["group"], item["kind"])] = item
+    return tuple(
+        WorkloadKind(
+            group=item["group"],
+            kind=item["kind"],
+            resource=item.get("resource") or item["kind"].lower() + "s",
+            versions=tuple(item.get("versions") or ["*"]),
+            operators=tuple(item.get("operators") or []),
+            templates=tuple(
+                TemplateLocation(
+                    path=parse_path(entry["path"]),
+                    pod_spec=entry.get("podSpec", False),
+                    mutate=entry.get("mutate", True),
+                    operator_opt_in=entry.get("operatorOptIn", True),
+                )
+                for entry in map(_template_entry, item["templatePaths"])
+            ),
+        )
+        for item in by_key.values()
+    )
 
 
 def _revision(doc: dict[str, Any]) -> str:
@@ -166,6 +246,8 @@ def _build(doc: dict[str, Any]) -> Policy:
     affinity = inject["nodeAffinity"]
     pre_stop = inject["preStop"]
     checkpoint = inject["checkpoint"]
+    operator_presets = [OPERATOR_PRESETS[name] for name in selector.get("operatorPresets", [])]
+    poor = doc["poorCandidates"]
     return Policy(
         revision=_revision(doc),
         mode=Mode.parse(doc["mode"]),
@@ -207,6 +289,20 @@ def _build(doc: dict[str, Any]) -> Policy:
                 env=checkpoint["env"],
             ),
         ),
+        operator_selectors=tuple(sel for preset in operator_presets for sel in preset.selectors),
+        operator_presets=frozenset(preset.name for preset in operator_presets),
+        workloads=_workload_kinds(doc["workloads"]),
+        mutate_templates=doc["workloads"]["mutateTemplates"],
+        poor_candidates=PoorCandidateSettings(
+            stateful_owner_kinds=frozenset(poor["statefulOwnerKinds"]),
+            latency_critical_key=poor["latencyCritical"]["key"],
+            latency_critical_priority_classes=frozenset(
+                poor["latencyCritical"]["priorityClassNames"]
+            ),
+            host_path=poor["localStorage"]["hostPath"],
+            host_path_exempt_prefixes=tuple(poor["localStorage"]["hostPathExemptPrefixes"]),
+        ),
+        deny_unknown_nodes=doc["nodeBinding"]["unknownNodes"] == "deny",
     )
 
 

@@ -10,6 +10,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from policies.paths import TemplatePath
 from policies.presets import NodeLabel, Taint
 
 
@@ -35,6 +36,10 @@ class Rule(enum.StrEnum):
     KEEP_OFF_SPOT = "keep-off-spot"
     SPOT_REQUIRES_FAULT_TOLERANCE = "spot-requires-fault-tolerance"
     GRACE_PERIOD_FITS_NOTICE = "grace-period-fits-notice"
+    STATEFUL_WORKLOAD = "stateful-workload"
+    LATENCY_CRITICAL = "latency-critical"
+    LOCAL_STORAGE = "local-storage"
+    SPOT_NODE_BINDING = "spot-node-binding"
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,11 @@ class LabelSelector:
         return all(labels.get(key) == value for key, value in self.match_labels) and all(
             requirement.matches(labels) for requirement in self.match_expressions
         )
+
+    @property
+    def is_empty(self) -> bool:
+        """No requirement at all. Kubernetes reads that as "everything"; an opt-in must not."""
+        return not self.match_labels and not self.match_expressions
 
     def describe_opt_in(self) -> str:
         """How a user opts a pod in, for the fix in a denial message."""
@@ -106,6 +116,48 @@ class InjectSettings:
 
 
 @dataclass(frozen=True)
+class TemplateLocation:
+    """Where one kind keeps pod templates, and how spotguard may treat them.
+
+    ``pod_spec``: the path reaches bare pod specs (no metadata), not templates.
+    ``mutate``: False where the template is a partial overlay the operator merges over its
+    own (injecting there would replace, not add). ``operator_opt_in``: False where the
+    kind's operator makes pods from it that are not fault-tolerant (a Ray head).
+    """
+
+    path: TemplatePath
+    pod_spec: bool = False
+    mutate: bool = True
+    operator_opt_in: bool = True
+
+
+@dataclass(frozen=True)
+class WorkloadKind:
+    """A kind whose pod templates are reviewed, and the webhook rule that routes it here."""
+
+    group: str
+    kind: str
+    resource: str
+    versions: tuple[str, ...]
+    operators: tuple[str, ...]
+    templates: tuple[TemplateLocation, ...]
+
+    def serves(self, version: str) -> bool:
+        return "*" in self.versions or version in self.versions
+
+
+@dataclass(frozen=True)
+class PoorCandidateSettings:
+    """What makes a pod a poor spot candidate even when it is labelled fault-tolerant."""
+
+    stateful_owner_kinds: frozenset[str]
+    latency_critical_key: str
+    latency_critical_priority_classes: frozenset[str]
+    host_path: bool
+    host_path_exempt_prefixes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Policy:
     """Everything the rules need, resolved: presets expanded, modes capped, defaults applied."""
 
@@ -119,6 +171,13 @@ class Policy:
     spot_taints: tuple[Taint, ...]
     notice_seconds: int
     inject: InjectSettings
+    #: Selectors of the enabled operator presets (ORed with ``fault_tolerant``).
+    operator_selectors: tuple[LabelSelector, ...]
+    operator_presets: frozenset[str]
+    workloads: tuple[WorkloadKind, ...]
+    mutate_templates: bool
+    poor_candidates: PoorCandidateSettings
+    deny_unknown_nodes: bool
 
     def mode_of(self, rule: Rule) -> Mode:
         """A rule's effective mode: its own, capped by the global one."""
@@ -131,3 +190,33 @@ class Policy:
 
     def is_spot_label(self, key: str, value: str) -> bool:
         return any(label.key == key and value in label.values for label in self.spot_labels)
+
+    def spot_label_of(self, node_labels: Mapping[str, str]) -> str | None:
+        """The first spot label a node carries, as ``key=value``; None for other nodes."""
+        for label in self.spot_labels:
+            value = node_labels.get(label.key)
+            if value is not None and value in label.values:
+                return f"{label.key}={value}"
+        return None
+
+    def opts_in(self, labels: Mapping[str, str]) -> bool:
+        """Whether pod labels declare fault tolerance: the selector or an operator preset.
+
+        An empty selector opts nothing in (the loader refuses one with no preset beside it):
+        "every pod is fault-tolerant" is too costly a reading of a forgotten field.
+        """
+        if not self.fault_tolerant.is_empty and self.fault_tolerant.matches(labels):
+            return True
+        return any(selector.matches(labels) for selector in self.operator_selectors)
+
+    def workload_kind(self, api_version: str, kind: str) -> WorkloadKind | None:
+        """The reviewed kind an object's ``apiVersion``/``kind`` names, if any."""
+        group, _, version = api_version.rpartition("/")
+        return self.reviewed_kind(group, version, kind)
+
+    def reviewed_kind(self, group: str, version: str, kind: str) -> WorkloadKind | None:
+        """The reviewed kind an AdmissionRequest's ``kind`` (group, version, kind) names."""
+        for workload in self.workloads:
+            if workload.group == group and workload.kind == kind and workload.serves(version):
+                return workload
+        return None

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from policies.affinity import add_preferred_terms, and_into_required_terms
+from policies.candidates import is_fault_tolerant, poor_candidate_reasons
 from policies.decisions import Change, MutationDecision, PodContext
 from policies.model import Mode, Policy, Rule
 from policies.pods import (
@@ -19,7 +21,6 @@ from policies.pods import (
     annotations_of,
     is_node_agent,
     json_copy,
-    labels_of,
     regular_containers,
     tolerates,
 )
@@ -34,15 +35,33 @@ CHECKPOINT_VOLUME = "spotguard-checkpoint"
 API_DEFAULT_GRACE_SECONDS = 30
 
 
-def mutate_pod(pod: Mapping[str, Any], context: PodContext, policy: Policy) -> MutationDecision:
-    """Decide the mutation for a pod being created; the input is never modified."""
+def mutate_pod(
+    pod: Mapping[str, Any], context: PodContext, policy: Policy, *, opted_in: bool = False
+) -> MutationDecision:
+    """Decide the mutation for a pod being created; the input is never modified.
+
+    ``opted_in`` counts the pod as fault-tolerant whatever its labels (a template whose
+    workload kind an operator preset opts in). A fault-tolerant pod that a poor-candidate
+    rule in enforce mode wants off spot is kept off spot like any other pod, with a
+    warning; in audit mode it is injected as usual, and the warning says what would change.
+    """
     if context.operation != "CREATE" or not policy.applies_to_namespace(context.namespace):
         return MutationDecision(rule=None, mode=Mode.OFF)
     if is_node_agent(pod) or (pod.get("spec") or {}).get("nodeName"):
         return MutationDecision(rule=None, mode=Mode.OFF)
-    if policy.fault_tolerant.matches(labels_of(pod)):
-        return _apply(Rule.INJECT, pod, policy)
-    return _apply(Rule.KEEP_OFF_SPOT, pod, policy)
+    if not is_fault_tolerant(pod, policy, opted_in):
+        return _apply(Rule.KEEP_OFF_SPOT, pod, policy)
+    poor = poor_candidate_reasons(pod, context, policy)
+    enforced = [reason for reason in poor if reason.mode is Mode.ENFORCE]
+    if enforced:
+        decision = _apply(Rule.KEEP_OFF_SPOT, pod, policy)
+        notes = [f"spotguard [{r.rule}]: {r.subject}, so it stays off spot" for r in enforced]
+    else:
+        decision = _apply(Rule.INJECT, pod, policy)
+        notes = [
+            f"spotguard audit [{r.rule}]: {r.subject}, so it would stay off spot" for r in poor
+        ]
+    return replace(decision, warnings=(*notes, *decision.warnings)) if notes else decision
 
 
 def _apply(rule: Rule, pod: Mapping[str, Any], policy: Policy) -> MutationDecision:

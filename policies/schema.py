@@ -12,6 +12,8 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from policies.operators import OPERATOR_PRESETS
+from policies.paths import render
 from policies.presets import PRESETS
 
 MODES = ["enforce", "audit", "off"]
@@ -44,6 +46,41 @@ _LABEL_SELECTOR_REQUIREMENT = {
     "additionalProperties": False,
 }
 
+_OPERATORS = {"type": "array", "items": {"enum": sorted(OPERATOR_PRESETS)}}
+
+_TEMPLATE_PATH = {
+    "anyOf": [
+        {"type": "string", "minLength": 1},
+        {
+            "type": "object",
+            "properties": {
+                "path": {"type": "string", "minLength": 1},
+                "podSpec": {"type": "boolean"},
+                "mutate": {"type": "boolean"},
+                "operatorOptIn": {"type": "boolean"},
+            },
+            "required": ["path"],
+            "additionalProperties": False,
+        },
+    ],
+    "x-message": "must be a template path, or a mapping with path (and podSpec, mutate, "
+    "operatorOptIn)",
+}
+
+_WORKLOAD_KIND = {
+    "type": "object",
+    "properties": {
+        "group": {"type": "string"},
+        "kind": {"type": "string", "minLength": 1},
+        "resource": {"type": "string", "minLength": 1},
+        "versions": {**_STRING_LIST, "minItems": 1},
+        "operators": _OPERATORS,
+        "templatePaths": {"type": "array", "items": _TEMPLATE_PATH},
+    },
+    "required": ["group", "kind", "templatePaths"],
+    "additionalProperties": False,
+}
+
 POLICY_SCHEMA: dict[str, Any] = _object(
     {
         "apiVersion": {"const": "spotguard.dev/v1alpha1"},
@@ -55,6 +92,7 @@ POLICY_SCHEMA: dict[str, Any] = _object(
             "properties": {
                 "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
                 "matchExpressions": {"type": "array", "items": _LABEL_SELECTOR_REQUIREMENT},
+                "operatorPresets": _OPERATORS,
             },
             "additionalProperties": False,
             "minProperties": 1,
@@ -118,12 +156,44 @@ POLICY_SCHEMA: dict[str, Any] = _object(
                 ),
             }
         ),
+        "workloads": _object(
+            {
+                "mutateTemplates": {"type": "boolean"},
+                "kinds": {"type": "array", "items": _WORKLOAD_KIND},
+                "extraKinds": {"type": "array", "items": _WORKLOAD_KIND},
+            }
+        ),
+        "poorCandidates": _object(
+            {
+                "statefulOwnerKinds": _STRING_LIST,
+                "latencyCritical": _object(
+                    {
+                        "key": {"type": "string", "minLength": 1},
+                        "priorityClassNames": _STRING_LIST,
+                    }
+                ),
+                "localStorage": _object(
+                    {
+                        "hostPath": {"type": "boolean"},
+                        "hostPathExemptPrefixes": {
+                            "type": "array",
+                            "items": {"type": "string", "pattern": "^/"},
+                        },
+                    }
+                ),
+            }
+        ),
+        "nodeBinding": _object({"unknownNodes": {"enum": ["allow", "deny"]}}),
         "rules": _object(
             {
                 "inject": _RULE,
                 "keepOffSpot": _RULE,
                 "spotRequiresFaultTolerance": _RULE,
                 "gracePeriodFitsNotice": _RULE,
+                "statefulWorkload": _RULE,
+                "latencyCritical": _RULE,
+                "localStorage": _RULE,
+                "spotNodeBinding": _RULE,
             }
         ),
     }
@@ -134,19 +204,15 @@ _VALIDATOR = Draft202012Validator(POLICY_SCHEMA)
 
 def format_path(path: Iterable[str | int]) -> str:
     """Render a document path the way users read YAML: ``spotNodes.taints[1].effect``."""
-    rendered = ""
-    for part in path:
-        if isinstance(part, int):
-            rendered += f"[{part}]"
-        else:
-            rendered += f".{part}" if rendered else part
-    return rendered or "(document)"
+    return render(tuple(path)) or "(document)"
 
 
 def _describe(error: ValidationError) -> str:
     """One short sentence per failed check; jsonschema's own text quotes whole subtrees."""
     validator = error.validator
     argument: Any = error.validator_value
+    if isinstance(error.schema, dict) and "x-message" in error.schema:
+        return str(error.schema["x-message"])
     if validator == "enum":
         return "must be one of " + ", ".join(str(choice) for choice in argument)
     if validator == "const":

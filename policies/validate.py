@@ -2,7 +2,10 @@
 
 A pod reaches a spot node by tolerating its taint, by selecting it (nodeSelector or a
 required node-affinity term), or, on untainted spot nodes, by accident; the last case is
-closed by the mutating ``keep-off-spot`` rule. Each violation names the field and the fix.
+closed by the mutating ``keep-off-spot`` rule, and a pod put on a node directly
+(``spec.nodeName``) is checked against that node's labels. "Pods that must stay off spot"
+are those not fault-tolerant and the poor candidates among those that are
+(:mod:`policies.candidates`). Each violation names the field and the fix.
 """
 
 from __future__ import annotations
@@ -10,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from policies.candidates import OffSpotReason, is_fault_tolerant, off_spot_reasons
 from policies.decisions import PodContext, ValidationDecision, Violation
 from policies.model import Mode, Policy, Rule
+from policies.nodes import spot_node_violations
 from policies.pods import (
-    display_name,
     is_node_agent,
-    labels_of,
     required_node_selector_terms,
     spec_of,
     tolerates,
@@ -30,8 +33,16 @@ def validate_pod(
     context: PodContext,
     policy: Policy,
     old_pod: Mapping[str, Any] | None = None,
+    *,
+    opted_in: bool = False,
 ) -> ValidationDecision:
-    """Check a pod being created or updated. Updates are judged only on what they change."""
+    """Check a pod being created or updated. Updates are judged only on what they change.
+
+    ``opted_in`` counts the pod as fault-tolerant whatever its labels: a template whose
+    workload kind an operator preset opts in (its pods will carry the operator's labels).
+    A pod created with ``spec.nodeName`` is checked against that node's labels, looked up
+    through ``context.cluster``.
+    """
     if context.operation in _UNCHECKED_OPERATIONS:
         return ValidationDecision()
     if not policy.applies_to_namespace(context.namespace) or is_node_agent(pod):
@@ -40,12 +51,24 @@ def validate_pod(
         # Controllers update labels, annotations and status of running pods all the time;
         # rejecting those would wedge them. Placement fields are what this policy guards.
         return ValidationDecision()
+    fault_tolerant = is_fault_tolerant(pod, policy, opted_in)
     violations: list[Violation] = []
-    if policy.fault_tolerant.matches(labels_of(pod)):
+    if fault_tolerant:
         violations += _grace_period_violations(pod, policy)
-    else:
-        violations += _spot_placement_violations(pod, policy)
-    return ValidationDecision(violations=tuple(v for v in violations if v.mode is not Mode.OFF))
+    reasons = off_spot_reasons(pod, context, policy, fault_tolerant)
+    for reason in reasons:
+        violations += spot_placement_violations(pod, policy, reason)
+    warnings: list[str] = []
+    node_name = spec_of(pod).get("nodeName")
+    if context.operation == "CREATE" and node_name:
+        found, warnings = spot_node_violations(
+            str(node_name), reasons, context, policy, binding=False
+        )
+        violations += found
+    return ValidationDecision(
+        violations=tuple(v for v in violations if v.mode is not Mode.OFF),
+        warnings=tuple(warnings),
+    )
 
 
 def _placement_changed(pod: Mapping[str, Any], old_pod: Mapping[str, Any] | None) -> bool:
@@ -55,24 +78,22 @@ def _placement_changed(pod: Mapping[str, Any], old_pod: Mapping[str, Any] | None
     return spec_of(pod).get("tolerations") != spec_of(old_pod).get("tolerations")
 
 
-def _spot_placement_violations(pod: Mapping[str, Any], policy: Policy) -> list[Violation]:
-    mode = policy.mode_of(Rule.SPOT_REQUIRES_FAULT_TOLERANCE)
-    if mode is Mode.OFF:
+def spot_placement_violations(
+    pod: Mapping[str, Any], policy: Policy, reason: OffSpotReason
+) -> list[Violation]:
+    """Where a pod that must stay off spot tolerates or selects spot nodes anyway."""
+    if reason.mode is Mode.OFF:
         return []
     spec = spec_of(pod)
-    fix = (
-        f"if pod {display_name(pod)} checkpoints and survives preemption, "
-        f"{policy.fault_tolerant.describe_opt_in()}; otherwise remove "
-    )
 
     def violation(field: str, problem: str, what: str, brief: str) -> Violation:
         return Violation(
-            Rule.SPOT_REQUIRES_FAULT_TOLERANCE,
-            mode,
+            reason.rule,
+            reason.mode,
             field,
-            f"pod is not fault-tolerant but {problem}",
-            fix + what,
-            brief,
+            f"{reason.subject} but {problem}",
+            reason.fix(f"remove {what}"),
+            reason.brief + brief,
         )
 
     found: list[Violation] = []

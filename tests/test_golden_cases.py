@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import jsonpatch
 import pytest
 
+from policies.decisions import PodContext
+from policies.loader import default_policy
 from policies.mutate import mutate_pod
-from tests.golden import REGENERATE, all_cases, load_case, run_mutate, run_validate
+from policies.objects import mutate_object
+from policies.workloads import template_pod, templates_of, workload_of
+from tests.golden import REGENERATE, Case, all_cases, load_case, run_mutate, run_validate
 
 CASES = all_cases()
 
@@ -16,7 +21,7 @@ CASES = all_cases()
 @pytest.mark.parametrize("directory", CASES, ids=[p.name for p in CASES])
 def test_golden_case(directory: Path) -> None:
     case = load_case(directory)
-    if case.webhook == "validate":
+    if case.webhook in ("validate", "binding"):
         decision = run_validate(case)
         if REGENERATE:
             case.write("expected.yaml", decision)
@@ -32,14 +37,47 @@ def test_golden_case(directory: Path) -> None:
     assert summary == case.expected("expected-decision.yaml")
     if case.has("expected-patch.json"):
         assert patch == case.expected("expected-patch.json")
-    # The patch, applied the way the API server does, must give exactly the admitted pod.
-    assert jsonpatch.apply_patch(case.pod, patch) == admitted
+    # The patch, applied the way the API server does, must give exactly the admitted object.
+    assert jsonpatch.apply_patch(case.reviewed, patch) == admitted
     # Reinvocation on our own output (reinvocationPolicy: IfNeeded) changes nothing.
+    if case.subject == "object":
+        assert mutate_object(admitted, case.context, case.policy).changes == ()
+        _pods_from_mutated_templates_are_left_alone(case, admitted)
+        return
     again = mutate_pod(admitted, case.context, case.policy)
     if summary["mode"] == "enforce":
         assert again.changes == ()
 
 
-def test_there_are_cases_of_both_webhooks() -> None:
-    kinds = {load_case(directory).webhook for directory in CASES}
-    assert kinds == {"mutate", "validate"}
+def _pods_from_mutated_templates_are_left_alone(case: Case, admitted: dict[str, Any]) -> None:
+    """A pod created from a template spotguard already mutated is not mutated again."""
+    workload = workload_of(admitted, case.policy)
+    if workload is None or admitted is case.reviewed:
+        return
+    context = PodContext(case.context.namespace, "CREATE", case.context.cluster)
+    for template in templates_of(admitted, workload, case.policy):
+        if template.entry.mutate:
+            pod = template_pod(admitted, template, case.context.namespace)
+            decision = mutate_pod(pod, context, case.policy, opted_in=template.opted_in)
+            assert decision.changes == (), template.path
+
+
+def test_there_are_cases_of_every_webhook_and_subject() -> None:
+    cases = [load_case(directory) for directory in CASES]
+    assert {case.webhook for case in cases} == {"mutate", "validate", "binding"}
+    assert {case.subject for case in cases} == {"pod", "object", "binding"}
+
+
+def test_every_reviewed_kind_has_a_denial_case() -> None:
+    """Each kind the built-in policy reviews is denied by at least one case, with a
+    default policy or one that only adds to it."""
+    denied: set[tuple[str, str]] = set()
+    for case in map(load_case, CASES):
+        if (
+            case.subject == "object"
+            and case.webhook == "validate"
+            and not run_validate(case)["allowed"]
+        ):
+            group = str(case.reviewed["apiVersion"]).rpartition("/")[0]
+            denied.add((group, str(case.reviewed["kind"])))
+    assert {(w.group, w.kind) for w in default_policy().workloads} <= denied
