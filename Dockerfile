@@ -1,22 +1,44 @@
 # syntax=docker/dockerfile:1
-# Build stage: turn spotguard and its dependencies into wheels (build tools stay here).
-FROM python:3.11-slim AS build
+# spotguard's image: `docker build -t spotguard:dev .`
+#
+# Two stages. The build stage turns spotguard and its dependencies into wheels (pip,
+# setuptools and any compiler a dependency might need stay there). The runtime stage
+# installs only those wheels, through a bind mount so they never land in a layer, then
+# removes pip, setuptools and wheel: nothing in the final image can build or install
+# software. It runs as uid/gid 65532 (non-root; the manifests set the same), needs no
+# writable path but /tmp (the manifests mount an emptyDir there and make the root
+# filesystem read-only), and has no HEALTHCHECK: Kubernetes probes /readyz and /healthz.
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-RUN python -m pip install --no-cache-dir --upgrade pip
 COPY pyproject.toml README.md ./
 COPY webhook ./webhook
 COPY policies ./policies
 COPY certs ./certs
-RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN python -m pip wheel --wheel-dir /wheels .
 
-# Runtime stage: only the wheels installed, a non-root user, gunicorn as the entrypoint
-# (through `spotguard serve`, which configures gunicorn in code: gthread workers, TLS 1.2+).
-FROM python:3.11-slim
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
-COPY --from=build /wheels /wheels
-RUN python -m pip install --no-cache-dir --no-index --find-links=/wheels spotguard \
-    && rm -rf /wheels \
-    && useradd --uid 65532 --no-create-home --shell /usr/sbin/nologin spotguard
+FROM ${PYTHON_IMAGE}
+# PYTHONDONTWRITEBYTECODE: the root filesystem is read-only at run time, and pip already
+# compiled every module at install time, so Python never tries to write .pyc files.
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    python -m pip install --no-index --find-links=/wheels spotguard \
+    && python -m pip uninstall --yes setuptools wheel pip \
+    && groupadd --gid 65532 spotguard \
+    && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin spotguard
 USER 65532:65532
-EXPOSE 8443
-ENTRYPOINT ["spotguard", "serve", "--bind", "0.0.0.0:8443", "--cert-dir", "/etc/spotguard/certs"]
+WORKDIR /
+EXPOSE 8443 9090
+# `spotguard serve` is the gunicorn master itself (PID 1: it handles SIGTERM with a graceful
+# drain and reaps its gthread workers); the Deployment passes its own serve flags, the cert
+# Job `certs ensure ...`. The default CMD serves on all interfaces with certificates from
+# /etc/spotguard/certs (tls.crt, tls.key) and the built-in policy.
+ENTRYPOINT ["spotguard"]
+CMD ["serve", "--bind", "0.0.0.0:8443", "--cert-dir", "/etc/spotguard/certs"]
