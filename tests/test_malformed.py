@@ -57,10 +57,27 @@ CASES: list[tuple[str, bytes, str, str]] = [
     ("missing object", with_request(object=None), JSON, "request.object: missing"),
     ("object not a mapping", with_request(object="pod"), JSON, "request.object: must be an object"),
     (
-        "not a Pod (request.kind)",
-        with_request(kind={"group": "apps", "version": "v1", "kind": "Deployment"}),
+        "a kind spotguard does not review",
+        with_request(
+            kind={"group": "", "version": "v1", "kind": "Service"},
+            object={"kind": "Service", "metadata": {"name": "web"}},
+        ),
         JSON,
-        "reviews core/v1 Pods only",
+        "spotguard does not review v1 Service",
+    ),
+    ("request.kind not a GVK", with_request(kind="Pod"), JSON, "request.kind: must be an object"),
+    (
+        "workload template not shaped like a pod",
+        with_request(
+            kind={"group": "apps", "version": "v1", "kind": "Deployment"},
+            object={
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "spec": {"template": {"spec": {"containers": "x"}}},
+            },
+        ),
+        JSON,
+        "request.object.spec.template.spec.containers: must be a list",
     ),
     (
         "not a Pod (object.kind)",

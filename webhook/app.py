@@ -17,8 +17,8 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from policies.model import Policy
-from webhook import admission
-from webhook.admission import Outcome
+from webhook.admission import Outcome, Reviewer
+from webhook.cluster import NO_CLUSTER, ClusterAccess
 from webhook.metrics import Metrics
 from webhook.policy_store import PolicyView
 from webhook.review import AdmissionResponse, BadReview, Review, allow, parse_review, response_body
@@ -43,6 +43,8 @@ class WebhookSettings:
     metrics: Metrics | None = None
     #: True once shutdown began: readiness fails so traffic drains before the server stops.
     draining: Callable[[], bool] = _never
+    #: Node labels and Binding pods for the rules; nothing is known without cluster access.
+    cluster: ClusterAccess = NO_CLUSTER
 
 
 def _json(body: object, status: int = 200) -> tuple[Response, int]:
@@ -59,6 +61,7 @@ def create_app(settings: WebhookSettings) -> Flask:
     app = Flask("spotguard")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     policies, metrics = settings.policies, settings.metrics
+    reviewer = Reviewer(settings.cluster)
 
     def review_route(name: str, handler: Handler) -> Callable[[], tuple[Response, int]]:
         def route() -> tuple[Response, int]:
@@ -78,6 +81,8 @@ def create_app(settings: WebhookSettings) -> Flask:
                 return _json(response_body(review, review.api_version, response))
             try:
                 response, outcome = handler(review, policy)
+            except BadReview as error:  # what is reviewed is malformed, or not reviewed
+                return _error(400, f"malformed AdmissionReview: {error}")
             except Exception:
                 log.exception(
                     "review failed, admitting unchanged",
@@ -96,11 +101,9 @@ def create_app(settings: WebhookSettings) -> Flask:
         route.__name__ = f"review_{name}"
         return route
 
+    app.add_url_rule("/mutate", view_func=review_route("mutate", reviewer.mutate), methods=["POST"])
     app.add_url_rule(
-        "/mutate", view_func=review_route("mutate", admission.mutate), methods=["POST"]
-    )
-    app.add_url_rule(
-        "/validate", view_func=review_route("validate", admission.validate), methods=["POST"]
+        "/validate", view_func=review_route("validate", reviewer.validate), methods=["POST"]
     )
 
     @app.get("/healthz")

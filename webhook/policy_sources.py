@@ -12,14 +12,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from webhook.kube_watch import run_watch
 from webhook.policy_store import PolicyStore
 
 log = logging.getLogger("spotguard.policy")
 
 DEFAULT_CONFIGMAP_KEY = "policy.yaml"
-#: A watch is re-established at least this often; the API server ends watches itself too.
-WATCH_TIMEOUT_SECONDS = 300
-MAX_BACKOFF_SECONDS = 30.0
 
 
 class FilePolicySource:
@@ -129,52 +127,20 @@ class ConfigMapPolicySource:
         self._stop.set()
 
     def _run(self) -> None:
-        from kubernetes import watch  # noqa: PLC0415
-        from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+        def on_event(kind: str, configmap: Any) -> None:
+            if kind in ("ADDED", "MODIFIED"):
+                self.apply(configmap)
+            elif kind == "DELETED":
+                log.warning("%s deleted; keeping the policy in force", self.description)
 
-        backoff = 1.0
-        resource_version: str | None = None
-        while not self._stop.is_set():
-            try:
-                if resource_version is None:
-                    listing = self._api.list_namespaced_config_map(
-                        self._namespace, field_selector=f"metadata.name={self._name}"
-                    )
-                    for item in listing.items:
-                        self.apply(item)
-                    resource_version = listing.metadata.resource_version
-                stream = watch.Watch().stream(
-                    self._api.list_namespaced_config_map,
-                    self._namespace,
-                    field_selector=f"metadata.name={self._name}",
-                    resource_version=resource_version,
-                    timeout_seconds=WATCH_TIMEOUT_SECONDS,
-                    allow_watch_bookmarks=True,
-                )
-                for event in stream:
-                    if self._stop.is_set():
-                        return
-                    configmap = event["object"]
-                    resource_version = configmap.metadata.resource_version
-                    if event["type"] in ("ADDED", "MODIFIED"):
-                        self.apply(configmap)
-                    elif event["type"] == "DELETED":
-                        log.warning("%s deleted; keeping the policy in force", self.description)
-                backoff = 1.0
-            except ApiException as error:
-                if error.status == 410:  # our resourceVersion is too old: list again
-                    resource_version = None
-                    continue
-                log.warning(
-                    "watch of %s failed: %s %s", self.description, error.status, error.reason
-                )
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-            except Exception:
-                log.warning("watch of %s interrupted; retrying", self.description, exc_info=True)
-                resource_version = None
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+        run_watch(
+            self.description,
+            self._api.list_namespaced_config_map,
+            on_event,
+            self._stop,
+            namespace=self._namespace,
+            field_selector=f"metadata.name={self._name}",
+        )
 
     def _record_refusal(self, configmap: Any, problems: list[str]) -> None:
         from kubernetes.client.exceptions import ApiException  # noqa: PLC0415

@@ -16,7 +16,6 @@ from policies.pods import JSONObject, shape_problems
 
 SUPPORTED_API_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
 OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
-POD_KIND = {"group": "", "version": "v1", "kind": "Pod"}
 
 
 class BadReview(ValueError):
@@ -79,8 +78,18 @@ class Review:
         return self.request["namespace"]
 
     @property
+    def gvk(self) -> tuple[str, str, str]:
+        """The (group, version, kind) of what is reviewed, as the API server names it."""
+        kind = self.request["kind"]
+        return kind["group"], kind["version"], kind["kind"]
+
+    @property
+    def sub_resource(self) -> str:
+        return self.request.get("subResource") or ""
+
+    @property
     def pod(self) -> JSONObject:
-        """The object under review: the new pod, or the old one for DELETE."""
+        """The object under review: the new one, or the old one for DELETE."""
         return self.request.get("object") or self.request.get("oldObject") or {}
 
     @property
@@ -117,9 +126,11 @@ def parse_review(body: bytes) -> Review:
     if operation not in OPERATIONS:
         raise BadReview(f"request.operation: must be one of {', '.join(sorted(OPERATIONS))}")
     kind = request.get("kind")
-    if not isinstance(kind, dict) or {k: kind.get(k) for k in POD_KIND} != POD_KIND:
-        raise BadReview(f"request.kind: spotguard reviews core/v1 Pods only, got {kind!r}")
-    _check_objects(request, operation)
+    if not isinstance(kind, dict) or not all(
+        isinstance(kind.get(k), str) for k in ("group", "version", "kind")
+    ):
+        raise BadReview("request.kind: must be an object with group, version and kind")
+    _check_objects(request, operation, kind["kind"])
     if not isinstance(request.get("namespace"), str) or not request["namespace"]:
         namespace = (
             (request.get("object") or request.get("oldObject") or {}).get("metadata") or {}
@@ -130,23 +141,32 @@ def parse_review(body: bytes) -> Review:
     return Review(api_version=api_version, request=cast(AdmissionRequest, request))
 
 
-def _check_objects(request: dict[str, Any], operation: str) -> None:
+def _check_objects(request: dict[str, Any], operation: str, kind: str) -> None:
+    """Presence and type of object/oldObject; what is inside is checked per kind."""
     needed = {"CREATE": ("object",), "UPDATE": ("object", "oldObject"), "DELETE": ("oldObject",)}
     for field in needed.get(operation, ()):
         if request.get(field) is None:
             raise BadReview(f"request.{field}: missing, required for {operation}")
+    sub_resource = request.get("subResource") or ""
     for field in ("object", "oldObject"):
         value = request.get(field)
         if value is None or (operation == "CONNECT" and field == "object"):
             continue
         if not isinstance(value, dict):
             raise BadReview(f"request.{field}: must be an object")
-        if value.get("kind") not in (None, "Pod"):
-            raise BadReview(f"request.{field}.kind: must be Pod, got {value.get('kind')!r}")
-        problems = shape_problems(value)
-        if problems:
-            prefix = f"request.{field}"
-            raise BadReview("; ".join(prefix + p.removeprefix("object") for p in problems))
+        if not sub_resource and value.get("kind") not in (None, kind):
+            raise BadReview(f"request.{field}.kind: must be {kind}, got {value.get('kind')!r}")
+
+
+def check_pod_shape(review: Review) -> None:
+    """Raise BadReview where a pod (object or oldObject) is not shaped like a Pod."""
+    for field in ("object", "oldObject"):
+        value = review.request.get(field)
+        if isinstance(value, dict):
+            problems = shape_problems(value)
+            if problems:
+                prefix = f"request.{field}"
+                raise BadReview("; ".join(prefix + p.removeprefix("object") for p in problems))
 
 
 def response_body(
