@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from policies.binding import validate_binding
 from policies.decisions import Change, PodContext, ValidationDecision
+from policies.loader import PolicyError, parse_policy_text
 from policies.model import Mode, Policy
 from policies.mutate import describe_changes, mutate_pod
 from policies.objects import mutate_object, validate_object
@@ -146,6 +147,33 @@ class Reviewer:
         pod = self._cluster.get_pod(review.namespace, name) if name else None
         target = (binding.get("target") or {}).get("name", "?")
         return validate_binding(binding, pod, context, policy), f"binding of pod {name} to {target}"
+
+
+POLICY_KEY = "policy.yaml"
+
+
+def validate_policy_configmap(review: Review, _policy: Policy) -> tuple[AdmissionResponse, Outcome]:
+    """Refuse a policy ConfigMap whose document is invalid, before it is stored.
+
+    The server would refuse the revision anyway and keep the last good one; rejecting it
+    at ``kubectl apply`` time tells the person editing it, with every bad field's path.
+    """
+    if review.gvk != ("", "v1", "ConfigMap"):
+        raise BadReview("request.kind: /validate-policy reviews v1 ConfigMaps only")
+    if review.operation not in ("CREATE", "UPDATE"):
+        return allow(), Outcome("validate-policy", "skipped", "off")
+    data = review.pod.get("data") or {}
+    text = data.get(POLICY_KEY) if isinstance(data, dict) else None
+    name = (review.pod.get("metadata") or {}).get("name", "(unnamed)")
+    if not isinstance(text, str):
+        message = f"spotguard policy ConfigMap {name} has no key {POLICY_KEY}"
+        return denied(message), Outcome("validate-policy", "denied", "enforce", "policy")
+    try:
+        parsed = parse_policy_text(text)
+    except PolicyError as error:
+        message = f"spotguard refused policy ConfigMap {name}: " + "; ".join(error.problems)
+        return denied(message), Outcome("validate-policy", "denied", "enforce", "policy")
+    return allow(), Outcome("validate-policy", "allowed", str(parsed.mode))
 
 
 def _phrase(

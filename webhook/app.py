@@ -17,7 +17,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from policies.model import Policy
-from webhook.admission import Outcome, Reviewer
+from webhook.admission import Outcome, Reviewer, validate_policy_configmap
 from webhook.cluster import NO_CLUSTER, ClusterAccess
 from webhook.metrics import Metrics
 from webhook.policy_store import PolicyView
@@ -104,6 +104,11 @@ def create_app(settings: WebhookSettings) -> Flask:
     app.add_url_rule("/mutate", view_func=review_route("mutate", reviewer.mutate), methods=["POST"])
     app.add_url_rule(
         "/validate", view_func=review_route("validate", reviewer.validate), methods=["POST"]
+    )
+    app.add_url_rule(
+        "/validate-policy",
+        view_func=review_route("validate-policy", validate_policy_configmap),
+        methods=["POST"],
     )
 
     @app.get("/healthz")

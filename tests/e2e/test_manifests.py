@@ -79,8 +79,13 @@ EXPECTED_RULES: dict[tuple[str, str], list[Manifest]] = {
         },
         {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     ],
-    ("ClusterRole", "spotguard-node-reader"): [
+    ("ClusterRole", "spotguard-cluster-reader"): [
         {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]},
+        {
+            "apiGroups": [""],
+            "resources": ["pods", "persistentvolumeclaims", "persistentvolumes"],
+            "verbs": ["get"],
+        },
     ],
     ("Role", "spotguard-certs"): [
         {
@@ -103,8 +108,8 @@ EXPECTED_RULES: dict[tuple[str, str], list[Manifest]] = {
 # (binding kind, name) -> (role kind, role name, ServiceAccount)
 EXPECTED_BINDINGS = {
     ("RoleBinding", "spotguard"): ("Role", "spotguard", "spotguard"),
-    ("ClusterRoleBinding", "spotguard-node-reader"): (
-        "ClusterRole", "spotguard-node-reader", "spotguard",
+    ("ClusterRoleBinding", "spotguard-cluster-reader"): (
+        "ClusterRole", "spotguard-cluster-reader", "spotguard",
     ),
     ("RoleBinding", "spotguard-certs"): ("Role", "spotguard-certs", "spotguard-certs"),
     ("ClusterRoleBinding", "spotguard-certs"): (
@@ -538,6 +543,7 @@ def test_cert_job_identity_can_do_its_work_and_nothing_else(
         ("patch", "mutatingwebhookconfigurations/someone-elses"),
         ("delete", "validatingwebhookconfigurations/spotguard"),
         ("create", "pods"),
+        ("list", "pods"),
     ]:
         assert not live.can(CERTS_SA, verb, resource), f"spotguard-certs may {verb} {resource}"
 
@@ -682,6 +688,7 @@ def test_server_identity_can_watch_its_policy_and_record_events(live: Live, serv
 
 def test_server_identity_is_refused_everything_else(live: Live) -> None:
     assert live.can(SERVER_SA, "list", "nodes", namespace="default")
+    assert live.can(SERVER_SA, "get", "pods/some-pod", namespace="default")
     assert live.can(SERVER_SA, "watch", "configmaps/spotguard-policy")
     for verb, resource in [
         ("list", "configmaps"),  # without the metadata.name field selector
@@ -690,6 +697,7 @@ def test_server_identity_is_refused_everything_else(live: Live) -> None:
         ("get", "secrets/spotguard-tls"),
         ("get", "nodes/some-node"),
         ("create", "pods"),
+        ("list", "pods"),
         ("delete", "events"),
     ]:
         assert not live.can(SERVER_SA, verb, resource), f"spotguard may {verb} {resource}"
