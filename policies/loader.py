@@ -40,6 +40,7 @@ _RULE_KEYS = {
     Rule.KEEP_OFF_SPOT: "keepOffSpot",
     Rule.SPOT_REQUIRES_FAULT_TOLERANCE: "spotRequiresFaultTolerance",
     Rule.GRACE_PERIOD_FITS_NOTICE: "gracePeriodFitsNotice",
+    Rule.CHECKPOINT_FITS_NOTICE: "checkpointFitsNotice",
     Rule.STATEFUL_WORKLOAD: "statefulWorkload",
     Rule.LATENCY_CRITICAL: "latencyCritical",
     Rule.LOCAL_STORAGE: "localStorage",
@@ -239,7 +240,8 @@ def _build(doc: dict[str, Any]) -> Policy:
     labels += [NodeLabel(item["key"], tuple(item["values"])) for item in spot["labels"]]
     taints = [taint for preset in presets for taint in preset.taints]
     taints += [Taint(t["key"], t.get("value"), t["effect"]) for t in spot["taints"]]
-    notice = spot["noticeWindowSeconds"] or min(p.usable_notice_seconds for p in presets)
+    usable = spot["usableNoticeSeconds"]
+    notice = spot["noticeWindowSeconds"] or min(usable[p.provider] for p in presets)
 
     selector = doc["faultTolerant"]
     inject = doc["inject"]
@@ -266,6 +268,7 @@ def _build(doc: dict[str, Any]) -> Policy:
         spot_labels=_unique(labels),
         spot_taints=_unique(taints),
         notice_seconds=notice,
+        checkpoint_write_gbps=float(doc["checkpointBudget"]["writeBandwidthGBps"]),
         inject=InjectSettings(
             tolerations=inject["tolerations"],
             affinity=AffinitySettings(

@@ -36,6 +36,7 @@ class Rule(enum.StrEnum):
     KEEP_OFF_SPOT = "keep-off-spot"
     SPOT_REQUIRES_FAULT_TOLERANCE = "spot-requires-fault-tolerance"
     GRACE_PERIOD_FITS_NOTICE = "grace-period-fits-notice"
+    CHECKPOINT_FITS_NOTICE = "checkpoint-fits-notice"
     STATEFUL_WORKLOAD = "stateful-workload"
     LATENCY_CRITICAL = "latency-critical"
     LOCAL_STORAGE = "local-storage"
@@ -171,6 +172,8 @@ class Policy:
     spot_taints: tuple[Taint, ...]
     notice_seconds: int
     inject: InjectSettings
+    #: Write bandwidth of checkpoint storage, for the checkpoint budget rule.
+    checkpoint_write_gbps: float
     #: Selectors of the enabled operator presets (ORed with ``fault_tolerant``).
     operator_selectors: tuple[LabelSelector, ...]
     operator_presets: frozenset[str]

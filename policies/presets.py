@@ -29,20 +29,17 @@ class Taint:
 
 @dataclass(frozen=True)
 class Preset:
-    """One provider's spot conventions and the grace share a pod really gets on preemption."""
+    """One provider's spot conventions; ``provider`` keys its usable notice in the policy."""
 
     name: str
     provider: str
     labels: tuple[NodeLabel, ...]
     taints: tuple[Taint, ...]
-    usable_notice_seconds: int
     description: str
 
 
-# Usable notice: the part of the provider's warning a pod can spend on terminating.
-# AWS warns 2 min ahead (best effort); a node handler needs a few seconds to start the
-# drain, so about 110 s remain. GKE's graceful node shutdown gives ordinary pods about
-# 15 s of the 30 s notice. Azure warns at least 30 s ahead.
+# How long each provider's notice really leaves a pod is policy data
+# (spotNodes.usableNoticeSeconds in default_policy.yaml), keyed by ``provider``.
 PRESETS: dict[str, Preset] = {
     preset.name: preset
     for preset in (
@@ -51,7 +48,6 @@ PRESETS: dict[str, Preset] = {
             provider="aws",
             labels=(NodeLabel("eks.amazonaws.com/capacityType", ("SPOT",)),),
             taints=(),
-            usable_notice_seconds=110,
             description="EKS managed node groups (label only, no default taint)",
         ),
         Preset(
@@ -59,7 +55,6 @@ PRESETS: dict[str, Preset] = {
             provider="aws",
             labels=(NodeLabel("karpenter.sh/capacity-type", ("spot",)),),
             taints=(),
-            usable_notice_seconds=110,
             description="Karpenter (taints only if the NodePool sets them)",
         ),
         Preset(
@@ -70,7 +65,6 @@ PRESETS: dict[str, Preset] = {
                 NodeLabel("cloud.google.com/gke-preemptible", ("true",)),
             ),
             taints=(Taint("cloud.google.com/gke-spot", "true", "NoSchedule"),),
-            usable_notice_seconds=15,
             description="GKE Spot and legacy preemptible VMs",
         ),
         Preset(
@@ -78,7 +72,6 @@ PRESETS: dict[str, Preset] = {
             provider="azure",
             labels=(NodeLabel("kubernetes.azure.com/scalesetpriority", ("spot",)),),
             taints=(Taint("kubernetes.azure.com/scalesetpriority", "spot", "NoSchedule"),),
-            usable_notice_seconds=30,
             description="AKS spot node pools (always tainted)",
         ),
         Preset(
@@ -92,7 +85,6 @@ PRESETS: dict[str, Preset] = {
                 Taint("spot", "true", "NoSchedule"),
                 Taint("spot", "true", "NoExecute"),
             ),
-            usable_notice_seconds=30,
             description="Common self-managed conventions (lifecycle=spot, spot=true taint)",
         ),
     )

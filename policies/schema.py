@@ -123,6 +123,12 @@ POLICY_SCHEMA: dict[str, Any] = _object(
                     },
                 },
                 "noticeWindowSeconds": {"type": ["integer", "null"], "minimum": 1},
+                "usableNoticeSeconds": _object(
+                    {
+                        provider: {"type": "integer", "minimum": 1}
+                        for provider in ("aws", "gcp", "azure", "generic")
+                    }
+                ),
             }
         ),
         "inject": _object(
@@ -184,12 +190,16 @@ POLICY_SCHEMA: dict[str, Any] = _object(
             }
         ),
         "nodeBinding": _object({"unknownNodes": {"enum": ["allow", "deny"]}}),
+        "checkpointBudget": _object(
+            {"writeBandwidthGBps": {"type": "number", "exclusiveMinimum": 0}}
+        ),
         "rules": _object(
             {
                 "inject": _RULE,
                 "keepOffSpot": _RULE,
                 "spotRequiresFaultTolerance": _RULE,
                 "gracePeriodFitsNotice": _RULE,
+                "checkpointFitsNotice": _RULE,
                 "statefulWorkload": _RULE,
                 "latencyCritical": _RULE,
                 "localStorage": _RULE,
@@ -223,6 +233,8 @@ def _describe(error: ValidationError) -> str:
             {"integer": "an integer", "object": "a mapping", "array": "a list"}.get(k, f"a {k}")
             for k in kinds
         )
+    if validator == "exclusiveMinimum":
+        return f"must be greater than {argument}"
     if validator == "minimum":
         return f"must be at least {argument}"
     if validator == "maximum":

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from policies.budget import checkpoint_budget_violations
 from policies.candidates import OffSpotReason, is_fault_tolerant, off_spot_reasons
 from policies.decisions import PodContext, ValidationDecision, Violation
 from policies.model import Mode, Policy, Rule
@@ -55,6 +56,7 @@ def validate_pod(
     violations: list[Violation] = []
     if fault_tolerant:
         violations += _grace_period_violations(pod, policy)
+        violations += checkpoint_budget_violations(pod, policy)
     reasons = off_spot_reasons(pod, context, policy, fault_tolerant)
     for reason in reasons:
         violations += spot_placement_violations(pod, policy, reason)

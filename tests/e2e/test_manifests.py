@@ -38,7 +38,7 @@ import yaml
 
 from controlplane.harness import ControlPlane
 from devtools.server import REPO, free_port
-from policies.loader import parse_policy_text
+from policies.loader import default_document, parse_policy_text
 from policies.model import Mode
 from policies.presets import PRESETS
 
@@ -403,7 +403,8 @@ def test_policy_overlays_change_only_the_policy(
     assert policy.mode is mode
     wanted = {(label.key, label.values) for name in presets for label in PRESETS[name].labels}
     assert {(label.key, label.values) for label in policy.spot_labels} == wanted
-    assert policy.notice_seconds == min(PRESETS[name].usable_notice_seconds for name in presets)
+    usable = default_document()["spotNodes"]["usableNoticeSeconds"]
+    assert policy.notice_seconds == min(usable[PRESETS[name].provider] for name in presets)
     changed = {key for key, value in keyed(documents).items() if keyed(base).get(key) != value}
     assert changed == {("ConfigMap", "spotguard-policy")}
     assert len(documents) == len(base)
