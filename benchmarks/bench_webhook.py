@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -108,18 +109,32 @@ def host_steal_percent() -> float | None:
     return 100.0 * delta[7] / max(sum(delta[:8]), 1)
 
 
-def server_cpu_seconds(server: RunningServer) -> float:
-    """User + system CPU of the server's master and workers (its whole process group)."""
+def busy_cpu_seconds() -> float:
+    """User + system CPU time of every process on this host (all cores, /proc/stat)."""
+    user, nice, system = _cpu_times()[:3]
+    return (user + nice + system) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of this process's finished children (the load generator runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def server_cpu_seconds(server: RunningServer) -> dict[int, float]:
+    """User + system CPU of each of the server's processes: the master and the workers
+    (its whole process group), by process id."""
     ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
+    seconds: dict[int, float] = {}
     for stat_file in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat_file.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         if int(fields[2]) == server.process.pid:  # field 5: process group id
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
+            pid = int(stat_file.parent.name)
+            seconds[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return seconds
 
 
 def run_load(
@@ -131,12 +146,20 @@ def run_load(
         command += ["-body", str(body)]
     for key, value in options.items():
         command += [f"-{key}", str(value)]
-    before = server_cpu_seconds(server)
+    before, busy, loadgen_cpu = (
+        server_cpu_seconds(server),
+        busy_cpu_seconds(),
+        children_cpu_seconds(),
+    )
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     result: dict[str, Any] = json.loads(output)
-    result["server_cpu_us"] = (
-        (server_cpu_seconds(server) - before) / max(result["requests"], 1) * 1e6
-    )
+    after = server_cpu_seconds(server)
+    spent = [seconds - before.get(pid, 0.0) for pid, seconds in after.items()]
+    result["server_cpu_us"] = sum(spent) / max(result["requests"], 1) * 1e6
+    result["busiest_share"] = max(spent, default=0.0) / max(sum(spent), 1e-9)
+    # What neither the server nor the load generator used: other processes on this host.
+    others = busy_cpu_seconds() - busy - sum(spent) - (children_cpu_seconds() - loadgen_cpu)
+    result["others_cores"] = max(others, 0.0) / max(result["seconds"], 1e-9)
     return result
 
 
@@ -144,7 +167,7 @@ def _latency(result: dict[str, Any]) -> str:
     errors = result["errors"] + result["non200"]
     return (
         f"{result['p50_ms']:>8.2f} {result['p99_ms']:>8.2f} {errors:>7} "
-        f"{result['server_cpu_us']:>10.0f}"
+        f"{result['server_cpu_us']:>10.0f} {result['busiest_share']:>11.0%}"
     )
 
 
@@ -181,18 +204,23 @@ def main(argv: list[str] | None = None) -> int:
         bodies["/mutate"].write_text(json.dumps(review(training_pod())))
         bodies["/validate"].write_text(json.dumps(review(plain_pod(tolerate_spot=True))))
         # Production settings: INFO logs (one JSON line per review, here to a file).
-        server = start_server(workdir, "--worker-class", args.worker_class, workers=args.workers)
+        server = start_server(
+            workdir,
+            *("--worker-class", args.worker_class, "--threads", str(args.threads)),
+            workers=args.workers,
+        )
         try:
             common = {"c": args.connections, "d": f"{args.duration}s"}
             print(
                 f"\nHTTP over TLS, gunicorn {args.worker_class} x{args.workers} workers "
                 f"({args.threads} threads each for gthread), "
                 f"{args.connections} keep-alive connections, {args.duration:.0f} s each "
-                "(server CPU: master + workers, per review):"
+                "(server CPU: master + workers, per review; busiest: the share of it spent by "
+                "the busiest process):"
             )
             print(
                 f"  {'endpoint':<10} {'reviews/s':>10} {'vs /healthz':>12} {'p50 ms':>8} "
-                f"{'p99 ms':>8} {'errors':>7} {'server CPU us':>13}"
+                f"{'p99 ms':>8} {'errors':>7} {'server CPU us':>13} {'busiest':>8}"
             )
             baseline = run_load(loadgen, server, "/healthz", None, **common)
             rows = [("/healthz", baseline)]
@@ -210,13 +238,22 @@ def main(argv: list[str] | None = None) -> int:
                 )
             print(
                 f"\nlatency at a fixed offered rate of {args.rate} reviews/s "
-                "(measured from the scheduled send time):"
+                "(measured from the scheduled send time; Go's HTTP client, like the API "
+                "server's, reuses the most recently used idle connection, so at a modest rate "
+                "one worker may get most reviews, as 'busiest' shows):"
             )
             for path, body in bodies.items():
                 result = run_load(loadgen, server, path, body, **common, rate=args.rate)
+                rows.append((path, result))
                 print(f"  {path:<10} achieved {result['rps']:>7,.0f}/s {_latency(result)}")
         finally:
             server.stop()
+    others = [result["others_cores"] for _, result in rows]
+    print(
+        f"\nCPU used by other processes on this host during the load phases: "
+        f"{sum(others) / len(others):.2f} cores on average, {max(others):.2f} at most "
+        "(noise in the figures)"
+    )
     steal = host_steal_percent()
     if steal is not None:
         print(f"\nCPU steal by the hypervisor during the run: {steal:.0f}% (noise in the figures)")

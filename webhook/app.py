@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import orjson
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -48,8 +49,13 @@ class WebhookSettings:
 
 
 def _json(body: object, status: int = 200) -> tuple[Response, int]:
-    """Compact JSON without Flask's key sorting: responses carry large patches."""
-    return Response(json.dumps(body, separators=(",", ":")), mimetype="application/json"), status
+    """Compact JSON without Flask's key sorting: responses carry large patches, and
+    orjson encodes them in a fraction of the time ``json.dumps`` takes."""
+    try:
+        data = orjson.dumps(body)
+    except TypeError:  # something orjson refuses (a non-string key): json.dumps may not
+        data = json.dumps(body, separators=(",", ":")).encode()
+    return Response(data, mimetype="application/json"), status
 
 
 def _error(status: int, message: str) -> tuple[Response, int]:

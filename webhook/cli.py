@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from policies.model import Mode, Policy
 from policies.mutate import describe_changes, mutate_pod
 from policies.patch import make_patch
 from policies.validate import validate_pod
+from webhook.cluster import ClusterAccess, KubeCluster
 from webhook.logs import configure
 from webhook.metrics import MULTIPROC_ENV
 from webhook.policy_sources import ConfigMapPolicySource, FilePolicySource
@@ -186,6 +187,23 @@ def cmd_certs_ensure(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cluster_factory(args: argparse.Namespace) -> Callable[[], ClusterAccess] | None:
+    """With cluster access (a ConfigMap policy, or --kubeconfig), each worker watches nodes."""
+    if not (args.policy_configmap or args.kubeconfig):
+        return None
+    kubeconfig = args.kubeconfig
+
+    def build() -> ClusterAccess:
+        from kubernetes import client  # noqa: PLC0415
+
+        _load_kube_config(kubeconfig)
+        cluster = KubeCluster(client.CoreV1Api())
+        cluster.start()
+        return cluster
+
+    return build
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     configure(args.log_level)
     runtime_dir = args.runtime_dir or Path(tempfile.mkdtemp(prefix="spotguard-run-"))
@@ -224,6 +242,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         metrics_bind=args.metrics_bind,
         log_level=args.log_level.lower(),
         worker_class=args.worker_class,
+        cluster_factory=_cluster_factory(args),
     )
     WebhookServer(options, store, source).run()
     return EXIT_OK

@@ -24,14 +24,24 @@ ExpiryListener = Callable[[float], None]
 
 
 class ReloadingContext:
-    """Hands out an SSLContext for the current certificate files."""
+    """Hands out an SSLContext for the current certificate files.
+
+    ``socket_class``, if given, is the SSLSocket subclass the contexts wrap connections
+    in (gunicorn's gthread worker gets one that bounds its blocking I/O; gevent's worker
+    keeps its own, cooperative, class).
+    """
 
     def __init__(
-        self, cert_file: Path, key_file: Path, on_load: ExpiryListener | None = None
+        self,
+        cert_file: Path,
+        key_file: Path,
+        on_load: ExpiryListener | None = None,
+        socket_class: type[ssl.SSLSocket] | None = None,
     ) -> None:
         self._cert = cert_file
         self._key = key_file
         self._on_load = on_load
+        self._socket_class = socket_class
         self._lock = threading.Lock()
         self._stamp: tuple[int, ...] | None = None
         self._context: ssl.SSLContext | None = None
@@ -63,6 +73,8 @@ class ReloadingContext:
     def _build(self) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self._socket_class is not None:
+            context.sslsocket_class = self._socket_class  # what wrap_socket returns
         context.load_cert_chain(certfile=str(self._cert), keyfile=str(self._key))
         if self._on_load is not None:
             certificate = x509.load_pem_x509_certificate(self._cert.read_bytes())
