@@ -249,3 +249,27 @@ def test_metrics_show_the_counters_moving(
     assert moved('spotguard_review_duration_seconds_count{webhook="validate"}') >= 6
     assert after['spotguard_policy_reloads_total{result="loaded"}'] >= 1
     assert after["spotguard_certificate_expiry_timestamp_seconds"] > time.time() + 300 * 86400
+
+
+def test_kubectl_apply_of_a_bad_policy_configmap_fails_before_it_is_stored(
+    cluster: ControlPlane, enforce: Webhook
+) -> None:
+    """The shipped ConfigMap carries spotguard.dev/policy=true: policy.spotguard.dev checks it."""
+    configmap = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "spotguard-policy-draft",
+            "namespace": SYSTEM_NAMESPACE,
+            "labels": {"spotguard.dev/policy": "true"},
+        },
+        "data": {"policy.yaml": "spotNodes:\n  presets: [azure]\n"},
+    }
+    refused = cluster.kubectl("apply", "-f", "-", input=json.dumps(configmap))
+    assert refused.returncode != 0
+    assert 'admission webhook "policy.spotguard.dev" denied the request' in refused.stderr
+    assert "spotNodes.presets[0]: must be one of" in refused.stderr
+    configmap["data"] = {"policy.yaml": "mode: audit\n"}
+    accepted = cluster.kubectl("apply", "-f", "-", input=json.dumps(configmap))
+    assert accepted.returncode == 0, accepted.stderr
+    cluster.kubectl("delete", "configmap", "spotguard-policy-draft", "-n", SYSTEM_NAMESPACE)
