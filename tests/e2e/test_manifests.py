@@ -368,8 +368,18 @@ def test_webhooks_never_review_spotguards_own_namespace(base: list[Manifest]) ->
                 "name": "spotguard", "namespace": NAMESPACE,
                 "path": webhook["clientConfig"]["service"]["path"], "port": 443,
             }  # fmt: skip
-            assert not namespace_selected(webhook["namespaceSelector"], labels)
-            assert namespace_selected(webhook["namespaceSelector"], {"team": "ml"})
+            selector = webhook["namespaceSelector"]
+            if webhook["name"] == "policy.spotguard.dev":
+                # The one exception: spotguard's own policy ConfigMap, and nothing else.
+                assert namespace_selected(selector, labels)
+                assert not namespace_selected(selector, {"team": "ml"})
+                assert [r["resources"] for r in webhook["rules"]] == [["configmaps"]]
+                assert webhook["objectSelector"] == {
+                    "matchLabels": {"spotguard.dev/policy": "true"}
+                }
+                continue
+            assert not namespace_selected(selector, labels)
+            assert namespace_selected(selector, {"team": "ml"})
     mutating = find(base, "MutatingWebhookConfiguration", "spotguard")
     assert mutating["webhooks"][0]["reinvocationPolicy"] == "IfNeeded"
 
