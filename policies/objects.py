@@ -21,7 +21,7 @@ from policies.decisions import (
     ValidationDecision,
     Violation,
 )
-from policies.model import Mode, Policy, Rule
+from policies.model import Mode, Policy, Rule, WorkloadKind
 from policies.mutate import mutate_pod
 from policies.paths import value_at
 from policies.pods import JSONObject, is_node_agent, json_copy
@@ -33,6 +33,22 @@ _REVIEWED_OPERATIONS = frozenset({"CREATE", "UPDATE"})
 
 def _namespace(obj: Mapping[str, Any], context: PodContext) -> str:
     return context.namespace or str((obj.get("metadata") or {}).get("namespace") or "")
+
+
+def _reviewed(
+    obj: Mapping[str, Any], context: PodContext, policy: Policy
+) -> tuple[WorkloadKind, str, PodContext] | None:
+    """(kind, namespace, context for its pods) of an object the policy reviews, else None.
+
+    Templates are judged as pods being created, in the object's namespace.
+    """
+    if context.operation not in _REVIEWED_OPERATIONS:
+        return None
+    namespace = _namespace(obj, context)
+    workload = workload_of(obj, policy)
+    if workload is None or not policy.applies_to_namespace(namespace):
+        return None
+    return workload, namespace, PodContext(namespace, "CREATE", context.cluster)
 
 
 def _unchanged(template: Template, old_obj: Mapping[str, Any] | None, context: PodContext) -> bool:
@@ -60,13 +76,10 @@ def validate_object(
     (``spec.template.spec.tolerations[0]``). Warnings also say when templates labelled
     fault-tolerant will be kept off spot (a poor candidate), so the user hears it at apply.
     """
-    if context.operation not in _REVIEWED_OPERATIONS:
+    reviewed = _reviewed(obj, context, policy)
+    if reviewed is None:
         return ValidationDecision()
-    namespace = _namespace(obj, context)
-    workload = workload_of(obj, policy)
-    if workload is None or not policy.applies_to_namespace(namespace):
-        return ValidationDecision()
-    pod_context = PodContext(namespace, "CREATE", context.cluster)
+    workload, namespace, pod_context = reviewed
     violations: list[Violation] = []
     warnings: list[str] = []
     for template in templates_of(obj, workload, policy):
@@ -122,13 +135,10 @@ def mutate_object(
     a pod later created from it gets nothing more, since every injection is idempotent.
     The input is never modified.
     """
-    if not policy.mutate_templates or context.operation not in _REVIEWED_OPERATIONS:
+    reviewed = _reviewed(obj, context, policy) if policy.mutate_templates else None
+    if reviewed is None:
         return ObjectMutation()
-    namespace = _namespace(obj, context)
-    workload = workload_of(obj, policy)
-    if workload is None or not policy.applies_to_namespace(namespace):
-        return ObjectMutation()
-    pod_context = PodContext(namespace, "CREATE", context.cluster)
+    workload, namespace, pod_context = reviewed
     results: list[TemplateMutation] = []
     mutated: JSONObject | None = None
     for template in templates_of(obj, workload, policy):
