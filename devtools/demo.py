@@ -155,27 +155,12 @@ def demo_steps(cluster: ControlPlane, policy_file: Path, server: RunningServer) 
 
     heading("6. The same rejected pod in audit (dry-run) mode: admitted, with a warning")
     policy_file.write_text("mode: audit\n")
-    waited = wait_for_revision(server, parse_policy_text("mode: audit\n").revision)
+    waited = server.wait_for_revision(parse_policy_text("mode: audit\n").revision)
     say(f"  (policy file edited to 'mode: audit'; in force {waited:.1f} s later, no restart)")
     ok, _, _ = kubectl_apply(cluster, EXAMPLES / "web-on-spot.yaml")
     say(f"  => {'ADMITTED with the warning above' if ok else 'REJECTED (unexpected)'}")
     for pod in wait_for_placement(cluster, "app=checkout-api", 1):
         say(f"  pod {pod['metadata']['name']:<22} -> {placement(pod)}")
-
-
-def wait_for_revision(server: RunningServer, revision: str, timeout: float = 10.0) -> float:
-    """Seconds until every worker answers with ``revision`` (asked a few times in a row)."""
-    started = time.monotonic()
-    with server.session() as session:
-        while time.monotonic() - started < timeout:
-            answers = {
-                session.get(server.url + "/readyz", timeout=5).json()["policyRevision"]
-                for _ in range(4)
-            }
-            if answers == {revision}:
-                return time.monotonic() - started
-            time.sleep(0.1)
-    raise TimeoutError(f"policy revision {revision} not in force after {timeout:.0f} s")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,6 +47,25 @@ class RunningServer:
         session.verify = str(self.certs.ca_cert)
         return session
 
+    def revisions(self, asks: int = 6) -> set[str]:
+        """Policy revisions answered on ``asks`` new connections, so every worker is asked
+        (a kept-alive connection always reaches the same worker)."""
+        answers = set()
+        for _ in range(asks):
+            with self.session() as session:
+                ready = session.get(self.url + "/readyz", timeout=5).json()
+                answers.add(str(ready["policyRevision"]))
+        return answers
+
+    def wait_for_revision(self, revision: str, timeout: float = 10.0) -> float:
+        """Seconds until every worker serves policy ``revision``."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.revisions() == {revision}:
+                return time.monotonic() - started
+            time.sleep(0.05)
+        raise TimeoutError(f"policy revision {revision} not in force after {timeout:.0f} s")
+
     def stop(self, timeout: float = 40.0) -> None:
         """SIGTERM (the graceful path), then SIGKILL to the whole process group: a killed
         master must not leave workers behind still answering the API server."""

@@ -16,7 +16,6 @@ from devtools.registration import INJECTED_ANNOTATION, wait_until_called
 from devtools.server import REPO
 from tests.e2e.conftest import (
     AUDIT_POLICY,
-    ENFORCE_POLICY,
     Webhook,
     get,
     node_group_of,
@@ -112,8 +111,7 @@ def test_pod_aimed_at_spot_is_rejected_with_the_webhooks_message(
 def test_audit_mode_admits_and_kubectl_prints_the_warning(
     cluster: ControlPlane, webhook: Webhook, namespace: str
 ) -> None:
-    webhook.set_policy(AUDIT_POLICY)
-    try:
+    with webhook.policy(AUDIT_POLICY):
         code, _, stderr = apply(cluster, namespace, EXAMPLES / "web-on-spot.yaml")
         assert code == 0, stderr
         assert "Warning: spotguard audit [spot-requires-fault-tolerance]" in stderr
@@ -122,8 +120,6 @@ def test_audit_mode_admits_and_kubectl_prints_the_warning(
         assert "Warning: spotguard audit [inject]: would inject tolerations" in stderr
         pod = get(cluster, "pod", "bert-finetune-0", namespace)
         assert INJECTED_ANNOTATION not in (pod["metadata"].get("annotations") or {})
-    finally:
-        webhook.set_policy(ENFORCE_POLICY)
 
 
 def test_server_side_dry_run_shows_the_mutation_and_stores_nothing(
@@ -144,12 +140,9 @@ def test_label_changes_on_scheduled_pods_are_not_blocked(
     cluster: ControlPlane, webhook: Webhook, namespace: str
 ) -> None:
     # A pod that enforce mode would reject today, admitted earlier (here: in audit mode).
-    webhook.set_policy(AUDIT_POLICY)
-    try:
+    with webhook.policy(AUDIT_POLICY):
         code, _, stderr = apply(cluster, namespace, EXAMPLES / "web-on-spot.yaml")
         assert code == 0, stderr
-    finally:
-        webhook.set_policy(ENFORCE_POLICY)
     wait_scheduled(cluster, namespace, "app=checkout-api", count=1)
     labelled = cluster.kubectl("label", "pod", "checkout-api", "-n", namespace, "release=canary")
     assert labelled.returncode == 0, labelled.stderr

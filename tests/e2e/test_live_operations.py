@@ -106,13 +106,10 @@ def test_policy_edits_apply_live_while_reviews_flow(
     assert dry_run(cluster, namespace, pod_on_spot())[0] == 403
     # Only the rejecting rule goes to audit: training pods must stay mutated throughout,
     # which is how the flow tells a review that failed from one that succeeded.
-    try:
-        seconds = webhook.set_policy(RULE_IN_AUDIT)
+    with webhook.policy(RULE_IN_AUDIT) as seconds:
         print(f"ConfigMap edit in force in every worker after {seconds:.2f} s")
         assert seconds < POLICY_CHANGE_SECONDS
         assert dry_run(cluster, namespace, pod_on_spot())[0] == 201  # audit: admitted
-    finally:
-        webhook.set_policy(ENFORCE_POLICY)
     assert dry_run(cluster, namespace, pod_on_spot())[0] == 403
     time.sleep(0.5)
     assert flow.sent > 10
@@ -122,7 +119,7 @@ def test_policy_edits_apply_live_while_reviews_flow(
 def test_bad_revision_is_refused_and_the_last_good_policy_stays(
     cluster: ControlPlane, enforce: Webhook, namespace: str
 ) -> None:
-    good = enforce.revisions()
+    good = enforce.running.revisions()
     bad = "mode: enforce\nspotNodes:\n  taints:\n    - {key: spot, effect: Sometimes}\n"
     assert enforce.apply_policy(bad).returncode == 0
     problem = "spotNodes.taints[0].effect: must be one of NoSchedule, PreferNoSchedule, NoExecute"
