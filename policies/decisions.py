@@ -12,6 +12,11 @@ from policies.pods import JSONObject
 NodeLabels = Callable[[str], Mapping[str, str] | None]
 #: Whether the PVC (namespace, name) is bound to a node-local PersistentVolume.
 LocalClaims = Callable[[str, str], bool]
+#: The stored pod (namespace, name), e.g. the one a Binding names; None when unknown.
+PodLookup = Callable[[str, str], JSONObject | None]
+#: The uid of the object (kind, namespace, name) as the cluster has it; None when there is
+#: none or it is unknown. Verifies an owner reference instead of trusting the pod's word.
+OwnerLookup = Callable[[str, str, str], str | None]
 
 
 def _unknown_node(name: str) -> Mapping[str, str] | None:
@@ -22,17 +27,29 @@ def _no_local_claims(namespace: str, claim: str) -> bool:
     return False
 
 
+def _unknown_pod(namespace: str, name: str) -> JSONObject | None:
+    return None
+
+
+def _unknown_owner(kind: str, namespace: str, name: str) -> str | None:
+    return None
+
+
 @dataclass(frozen=True)
 class ClusterFacts:
     """What the rules may know of the cluster beyond the request; the transport supplies it.
 
-    The rules stay pure: a pod does not say whether the node it names is spot, or whether
-    its claim is bound to a local volume, so the transport passes lookups (backed by watch
-    caches). The defaults know nothing: every node is unknown and no claim is local.
+    The rules stay pure: a pod does not say whether the node it names is spot, whether its
+    claim is bound to a local volume, which pod a Binding binds or whether the owner it
+    names exists, so the transport passes lookups (backed by watch caches, never an API
+    call while a review waits). The defaults know nothing: every node, pod and owner is
+    unknown and no claim is local.
     """
 
     node_labels: NodeLabels = _unknown_node
     local_claims: LocalClaims = _no_local_claims
+    pod: PodLookup = _unknown_pod
+    owner_uid: OwnerLookup = _unknown_owner
 
     def is_local_claim(self, namespace: str, claim: str) -> bool:
         return self.local_claims(namespace, claim)
