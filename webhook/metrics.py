@@ -56,7 +56,8 @@ class Metrics:
             ),
             injections=Counter(
                 "spotguard_injections",
-                "Mutations made (or, in audit mode, that would be made), by kind.",
+                "Objects mutated (or, in audit mode, that would be), by kind of injection: "
+                "one per object and kind, however many tolerations or terms it got.",
                 ["kind", "mode"],
                 **kwargs,
             ),
@@ -88,8 +89,9 @@ class Metrics:
         )
 
     def count_changes(self, changes: tuple[Change, ...], mode: str) -> None:
-        for change in changes:
-            self.injections.labels(change.kind, mode).inc()
+        """Count the reviewed object once per kind it got (four tolerations are one pod)."""
+        for kind in dict.fromkeys(change.kind for change in changes):
+            self.injections.labels(kind, mode).inc()
 
 
 _process_metrics: Metrics | None = None
