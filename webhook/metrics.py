@@ -31,6 +31,8 @@ class Metrics:
     policy_reloads: Any
     policy_stale: Any
     certificate_expiry: Any
+    audit_violations: Any
+    audit_last_run: Any
     registry: Any
 
     @classmethod
@@ -82,6 +84,20 @@ class Metrics:
             certificate_expiry=Gauge(
                 "spotguard_certificate_expiry_timestamp_seconds",
                 "When the serving certificate in use expires (Unix time).",
+                multiprocess_mode="livemax",
+                **kwargs,
+            ),
+            audit_violations=Gauge(
+                "spotguard_audit_violations",
+                "Objects in the cluster breaking a rule at the last audit, by rule, namespace "
+                "and mode (0 on replicas that do not lead the audit: take the max).",
+                ["rule", "namespace", "mode"],
+                multiprocess_mode="livemax",
+                **kwargs,
+            ),
+            audit_last_run=Gauge(
+                "spotguard_audit_last_run_timestamp_seconds",
+                "When the last complete audit of the cluster finished (Unix time).",
                 multiprocess_mode="livemax",
                 **kwargs,
             ),

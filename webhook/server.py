@@ -56,6 +56,15 @@ class PolicySource(Protocol):
     def start(self) -> None: ...
 
 
+class BackgroundTask(Protocol):
+    """Work of the master besides serving (the cluster audit): started once it is ready,
+    stopped when it exits."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class ServerOptions:
     bind: str
@@ -72,6 +81,7 @@ class ServerOptions:
     #: Builds this worker's cluster access (node cache, pod lookups) after the fork;
     #: None: no cluster access (local runs), the rules then know no node.
     cluster_factory: Callable[[], ClusterAccess] | None = None
+    background: tuple[BackgroundTask, ...] = ()
 
 
 class ReviewWorker(ThreadWorker):  # type: ignore[misc]
@@ -234,6 +244,7 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
             "proc_name": "spotguard",
             "when_ready": self._when_ready,
             "child_exit": self._child_exit,
+            "on_exit": self._on_exit,
         }
         for key, value in settings.items():
             self.cfg.set(key, value)
@@ -280,6 +291,12 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
             start_scrape_server(int(port), host or "0.0.0.0")
         if self._source is not None:
             self._source.start()
+        for task in self._options.background:
+            task.start()
+
+    def _on_exit(self, _server: Any) -> None:
+        for task in self._options.background:
+            task.stop()
 
     def _child_exit(self, _server: Any, worker: Any) -> None:
         if multiprocess_enabled():
