@@ -1,8 +1,9 @@
 """The offline answer equals the webhooks' chained answer, for every golden case and example.
 
-The API server calls the mutating webhook, applies its patch, and calls the validating
-webhook with the patched object. Here the webhooks are the real Flask app (no network):
-each object goes through ``/mutate`` (where the registration sends its kind), the patch
+The API server applies its defaults, calls the mutating webhook, applies its patch, and
+calls the validating webhook with the patched object. Here the webhooks are the real Flask
+app (no network): each object, with the server's defaults, goes through ``/mutate``
+(where the registration sends its kind), the patch
 is applied with ``jsonpatch``, and the result goes through ``/validate``. The CLI's
 judgement (:func:`webhook.judge.judge_new`) must give the same decision, the same denial
 message and the same warnings, in the same order. (tests/e2e/test_offline_cli.py does the
@@ -27,6 +28,7 @@ from policies.loader import default_policy
 from policies.model import Policy
 from policies.validate import validate_pod
 from tests.golden import all_cases, load_case
+from webhook.api_defaults import with_api_defaults
 from webhook.app import WebhookSettings, create_app
 from webhook.judge import BINDING, POD, judge_new, reviewed_as, shape_problems_of
 from webhook.policy_store import PolicyState, PolicyStore
@@ -70,6 +72,7 @@ def webhooks_answer(
     store = PolicyStore(PolicyState(policy, "test"))
     client = create_app(WebhookSettings(policies=store, cluster=cluster)).test_client()
     as_what = reviewed_as(obj, policy)
+    obj = with_api_defaults(obj, policy)  # what kube-apiserver sends (the e2e test checks it)
     warnings: list[str] = []
     if as_what == POD or (as_what != BINDING and policy.mutate_templates):
         reply = client.post("/mutate", json=_request(obj, namespace, False)).get_json()

@@ -4,10 +4,11 @@ way into the rules.
 Two questions are asked of an object, and both are answered here only:
 
 - :func:`judge_new`: what does ``kubectl apply`` of this new object get? The API server
-  chains the webhooks: the mutating webhook's patch is applied first and the validating
-  webhook judges the patched object, so the answer is that of the validating webhook on
-  the mutating webhook's output, worded as the webhooks word it (the denial message
-  kubectl prints, its ``Warning:`` lines).
+  applies its defaults (:mod:`webhook.api_defaults`), then chains the webhooks: the
+  mutating webhook's patch is applied first and the validating webhook judges the
+  patched object, so the answer is that of the validating webhook on the mutating
+  webhook's output, worded as the webhooks word it (the denial message kubectl prints,
+  its ``Warning:`` lines).
 - :func:`judge_stored`: does an object already in the cluster break the policy? Nothing
   is mutated, and no request identity exists: an exemption (DaemonSet pod, static pod)
   counts only where the cluster confirms it (the owner exists with the uid the pod names).
@@ -46,6 +47,7 @@ from policies.pods import (
 from policies.validate import validate_pod
 from policies.workloads import describe_object, object_shape_problems, workload_of
 from webhook.admission import MAX_WARNING_LENGTH
+from webhook.api_defaults import with_api_defaults
 
 POD, BINDING, WORKLOAD = "pod", "binding", "workload"
 
@@ -123,7 +125,9 @@ def judge_new(
         decision = validate_binding(obj, pod, context, policy)
         return _judged(f"binding of pod {name} to {target}", decision, Mutated(obj, obj))
     mutated = _mutate_pod(obj, context, policy) if as_what == POD else _mutate(obj, context, policy)
-    admitted = mutated.admitted
+    # The validating webhook sees the patched object with the server's defaults; the
+    # patch itself is relative to the manifest (mutation reads no defaulted field).
+    admitted = with_api_defaults(mutated.admitted, policy)
     if as_what == POD:
         decision = validate_pod(admitted, context, policy)
         subject = f"pod {display_name(admitted)}"
