@@ -109,7 +109,7 @@ class BackgroundAudit:
             if not keep_going():
                 raise AuditAborted
             reports = self._publisher.publish(build_reports(result))
-            events = self._events.record(result.findings)
+            events = self._events.record(result)
         except AuditAborted:
             log.info("audit: cut short, this replica lost the lease")
             return None
@@ -121,7 +121,7 @@ class BackgroundAudit:
         log.info(
             "audit: %s", result.summary(),
             extra={"fields": {"event": "audit", "reports": reports, "events": events,
-                              "seconds": round(result.seconds, 3), "notes": result.notes}},
+                              "seconds": round(result.seconds, 3), "notServed": result.not_served}},
         )  # fmt: skip
         return result
 

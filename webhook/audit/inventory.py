@@ -67,7 +67,8 @@ class Inventory:
             yield page
 
     def workload_collections(self, policy: Policy) -> tuple[list[Collection], list[str]]:
-        """The policy's workload kinds this cluster serves, and a note for each it does not."""
+        """The policy's workload kinds this cluster serves, and the names of those it does
+        not (CRDs not installed)."""
         found: list[Collection] = []
         missing: list[str] = []
         for workload in policy.workloads:
@@ -76,7 +77,7 @@ class Inventory:
             version = self._served_version(workload)
             name = f"{workload.kind}.{workload.group}" if workload.group else workload.kind
             if version is None:
-                missing.append(f"{name}: not served by this cluster")
+                missing.append(name)
                 continue
             api_version = f"{workload.group}/{version}" if workload.group else version
             found.append(Collection(api_version, workload.kind, workload.resource))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,17 @@ class AuditAborted(Exception):
 
 
 @dataclass(frozen=True)
+class ObjectRef:
+    """An object in the cluster, as reports and Events name it."""
+
+    api_version: str
+    kind: str
+    name: str
+    namespace: str
+    uid: str
+
+
+@dataclass(frozen=True)
 class Finding:
     """One object breaking one rule."""
 
@@ -48,8 +59,13 @@ class Finding:
     result: str  # fail | warn | error
     mode: str
     messages: tuple[str, ...]
-    #: The object has a controller (a Deployment's pod): its owner is the one to tell.
-    controlled: bool
+    #: The uid of the object's controller ("" for none): a Deployment's pod is told
+    #: about through its Deployment.
+    controller: str
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef(self.api_version, self.kind, self.name, self.namespace, self.uid)
 
     @property
     def message(self) -> str:
@@ -84,8 +100,21 @@ class AuditResult:
     findings: list[Finding] = field(default_factory=list)
     judged: Counter[str] = field(default_factory=Counter)
     passed: Counter[str] = field(default_factory=Counter)
-    notes: list[str] = field(default_factory=list)
+    #: Workload kinds of the policy the cluster does not serve (their CRD is absent).
+    not_served: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: Every listed workload by uid, with its controller's uid ("" for none): a small
+    #: map (no objects), to find whom a controlled object's finding concerns.
+    workloads: dict[str, tuple[ObjectRef, str]] = field(default_factory=dict)
+
+    def subject_of(self, finding: Finding) -> ObjectRef:
+        """Whom a finding concerns: the object, or the topmost listed workload above it
+        (a ReplicaSet's pod: its Deployment)."""
+        subject, uid, seen = finding.ref, finding.controller, set()
+        while uid in self.workloads and uid not in seen:
+            seen.add(uid)
+            subject, uid = self.workloads[uid]
+        return subject
 
     @property
     def namespaces(self) -> list[str]:
@@ -96,8 +125,9 @@ class AuditResult:
 
     def summary(self) -> str:
         objects = sum(self.judged.values())
+        spaces = len(self.judged)
         return (
-            f"{objects} objects judged in {len(self.judged)} namespaces in "
+            f"{objects} objects judged in {spaces} namespace{'s' if spaces != 1 else ''} in "
             f"{self.seconds:.1f} s: {sum(self.passed.values())} pass, {self.count(FAIL)} fail, "
             f"{self.count(WARN)} warn, {self.count(ERROR)} error "
             f"(policy revision {self.policy_revision})"
@@ -115,13 +145,15 @@ def run_audit(
     ignored = inventory.ignored_namespaces()
     facts = inventory.facts()
     workloads, missing = inventory.workload_collections(policy)
-    result.notes += missing
+    result.not_served += missing
     reviewed = {(c.api_version.rpartition("/")[0], c.kind) for c in workloads}
     for collection in [PODS, *workloads]:
         for page in inventory.pages(collection):
             if not keep_going():
                 raise AuditAborted
             for obj in page:
+                if collection is not PODS:
+                    _remember(obj, result)
                 if _judged_here(obj, collection, policy, ignored, reviewed):
                     _judge(obj, policy, facts, result)
     result.seconds = time.monotonic() - started
@@ -146,9 +178,24 @@ def _judged_here(
     )
 
 
-def _controllers(obj: JSONObject) -> Iterable[JSONObject]:
+def _controllers(obj: JSONObject) -> list[JSONObject]:
     owners = (obj.get("metadata") or {}).get("ownerReferences") or []
     return [o for o in owners if isinstance(o, dict) and o.get("controller")]
+
+
+def _controller_uid(obj: JSONObject) -> str:
+    controllers = _controllers(obj)
+    return str(controllers[0].get("uid") or "") if controllers else ""
+
+
+def _remember(obj: JSONObject, result: AuditResult) -> None:
+    metadata = obj.get("metadata") or {}
+    uid = str(metadata.get("uid") or "")
+    ref = ObjectRef(
+        obj["apiVersion"], obj["kind"], str(metadata.get("name") or ""),
+        str(metadata.get("namespace") or ""), uid,
+    )  # fmt: skip
+    result.workloads[uid] = (ref, _controller_uid(obj))
 
 
 def _judge(obj: JSONObject, policy: Policy, facts: Any, result: AuditResult) -> None:
@@ -160,7 +207,7 @@ def _judge(obj: JSONObject, policy: Policy, facts: Any, result: AuditResult) -> 
         return Finding(
             namespace, obj["apiVersion"], obj["kind"], str(metadata.get("name") or ""),
             str(metadata.get("uid") or ""), rule, outcome, mode, messages,
-            bool(_controllers(obj)),
+            _controller_uid(obj),
         )  # fmt: skip
 
     problems = shape_problems_of(obj, policy)

@@ -72,8 +72,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
         policy = _live_policy(kube, args.policy_configmap, args.policy_key)
     result = run_audit(Inventory(kube, args.namespace), policy)
     _print(result, args.output)
-    for note in result.notes:
-        print(f"spotguard audit: skipped {note}", file=sys.stderr)
+    if result.not_served:
+        kinds = ", ".join(result.not_served)
+        print(f"spotguard audit: kinds this cluster does not serve: {kinds}", file=sys.stderr)
     print(f"spotguard audit: {result.summary()}", file=sys.stderr)
     refused = any(f.result in (FAIL, ERROR) for f in result.findings)
     return EXIT_DENIED if refused else EXIT_OK
