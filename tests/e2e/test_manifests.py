@@ -61,7 +61,7 @@ SECURE_CONTAINER = {
 SERVE_ARGS = [
     "serve", "--bind", "0.0.0.0:8443", "--cert-dir", "/etc/spotguard/certs",
     "--policy-configmap", f"{NAMESPACE}/spotguard-policy", "--metrics-bind", "0.0.0.0:9090",
-    "--runtime-dir", "/tmp/spotguard", "--namespace", NAMESPACE,
+    "--runtime-dir", "/tmp/spotguard", "--namespace", NAMESPACE, "--audit-interval", "300",
 ]  # fmt: skip
 CERTS_ARGS = [
     "certs", "ensure", "--namespace", NAMESPACE, "--secret", "spotguard-tls",
@@ -78,6 +78,13 @@ EXPECTED_RULES: dict[tuple[str, str], list[Manifest]] = {
             "verbs": ["get", "list", "watch"],
         },
         {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["spotguard-audit"],
+            "verbs": ["get", "update"],
+        },
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
     ],
     ("ClusterRole", "spotguard-cluster-reader"): [
         {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]},
@@ -86,6 +93,30 @@ EXPECTED_RULES: dict[tuple[str, str], list[Manifest]] = {
             "resources": ["pods", "persistentvolumeclaims", "persistentvolumes"],
             "verbs": ["get"],
         },
+    ],
+    ("ClusterRole", "spotguard-audit"): [
+        {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["list"]},
+        {
+            "apiGroups": ["apps"],
+            "resources": ["deployments", "statefulsets", "replicasets", "daemonsets"],
+            "verbs": ["list"],
+        },
+        {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": ["list"]},
+        {
+            "apiGroups": ["kubeflow.org"],
+            "resources": ["pytorchjobs", "tfjobs", "mpijobs"],
+            "verbs": ["list"],
+        },
+        {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"], "verbs": ["list"]},
+        {"apiGroups": ["jobset.x-k8s.io"], "resources": ["jobsets"], "verbs": ["list"]},
+        {"apiGroups": ["ray.io"], "resources": ["rayjobs", "rayclusters"], "verbs": ["list"]},
+        {"apiGroups": ["batch.volcano.sh"], "resources": ["jobs"], "verbs": ["list"]},
+        {
+            "apiGroups": ["wgpolicyk8s.io"],
+            "resources": ["policyreports"],
+            "verbs": ["list", "create", "patch", "delete"],
+        },
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
     ],
     ("Role", "spotguard-certs"): [
         {
@@ -111,6 +142,7 @@ EXPECTED_BINDINGS = {
     ("ClusterRoleBinding", "spotguard-cluster-reader"): (
         "ClusterRole", "spotguard-cluster-reader", "spotguard",
     ),
+    ("ClusterRoleBinding", "spotguard-audit"): ("ClusterRole", "spotguard-audit", "spotguard"),
     ("RoleBinding", "spotguard-certs"): ("Role", "spotguard-certs", "spotguard-certs"),
     ("ClusterRoleBinding", "spotguard-certs"): (
         "ClusterRole", "spotguard-certs", "spotguard-certs",
@@ -173,7 +205,7 @@ def prepared(cluster: ControlPlane, base: list[Manifest]) -> Iterator[ControlPla
     """The cluster with what a dry run cannot create itself: the Namespace and the CRDs."""
     namespace = find(base, "Namespace", NAMESPACE)
     cluster.kubectl("apply", "-f", "-", input=json.dumps(namespace), check=True)
-    cluster.kubectl("apply", "-f", str(CRDS), check=True)
+    cluster.kubectl("apply", "-f", str(CRDS / "cert-manager.yaml"), check=True)
     cluster.kubectl(
         "wait", "--for=condition=Established", "--timeout=30s",
         "crd/certificates.cert-manager.io", "crd/issuers.cert-manager.io",
@@ -182,7 +214,9 @@ def prepared(cluster: ControlPlane, base: list[Manifest]) -> Iterator[ControlPla
     yield cluster
     # The stand-in CRDs go; the Namespace stays (other tests never use it, and a
     # namespace being deleted cannot be created again until it is gone).
-    cluster.kubectl("delete", "-f", str(CRDS), "--wait=false", "--ignore-not-found")
+    cluster.kubectl(
+        "delete", "-f", str(CRDS / "cert-manager.yaml"), "--wait=false", "--ignore-not-found"
+    )
 
 
 @pytest.mark.parametrize("path", KUSTOMIZATIONS)
@@ -508,8 +542,10 @@ def live(
     )
     plane.start()
     try:
-        # A real apply creates the Namespace before the objects in it.
+        # A real apply creates the Namespace before the objects in it. The PolicyReport CRD
+        # is the optional part of an install the background audit writes to.
         plane.kubectl("apply", "-k", str(REPO / "deploy/base"), check=True)
+        plane.kubectl("apply", "-f", str(CRDS / "wgpolicyk8s-policyreport.yaml"), check=True)
         yield Live(plane, base, workdir)
     finally:
         plane.stop()
@@ -701,17 +737,59 @@ def test_server_identity_is_refused_everything_else(live: Live) -> None:
     assert live.can(SERVER_SA, "list", "nodes", namespace="default")
     assert live.can(SERVER_SA, "get", "pods/some-pod", namespace="default")
     assert live.can(SERVER_SA, "watch", "configmaps/spotguard-policy")
-    for verb, resource in [
-        ("list", "configmaps"),  # without the metadata.name field selector
-        ("get", "configmaps/other"),
-        ("update", "configmaps/spotguard-policy"),
-        ("get", "secrets/spotguard-tls"),
-        ("get", "nodes/some-node"),
-        ("create", "pods"),
-        ("list", "pods"),
-        ("delete", "events"),
-    ]:
-        assert not live.can(SERVER_SA, verb, resource), f"spotguard may {verb} {resource}"
+    # The background audit: lists, its Lease, its reports and Events.
+    assert live.can(SERVER_SA, "list", "pods", namespace="team-a")
+    assert live.can(SERVER_SA, "list", "deployments.apps", namespace="team-a")
+    assert live.can(SERVER_SA, "update", "leases.coordination.k8s.io/spotguard-audit")
+    assert live.can(SERVER_SA, "create", "policyreports.wgpolicyk8s.io", namespace="team-a")
+    assert live.can(SERVER_SA, "create", "events", namespace="team-a")
+    for verb, resource, namespace in [
+        ("list", "configmaps", NAMESPACE),  # without the metadata.name field selector
+        ("get", "configmaps/other", NAMESPACE),
+        ("update", "configmaps/spotguard-policy", NAMESPACE),
+        ("get", "secrets/spotguard-tls", NAMESPACE),
+        ("list", "secrets", "team-a"),
+        ("get", "nodes/some-node", NAMESPACE),
+        ("create", "pods", NAMESPACE),
+        ("watch", "pods", "team-a"),
+        ("delete", "pods/some-pod", "team-a"),
+        ("get", "deployments.apps/web", "team-a"),
+        ("delete", "events", NAMESPACE),
+        ("patch", "events", "team-a"),
+        ("update", "leases.coordination.k8s.io/someone-elses", NAMESPACE),
+        ("get", "leases.coordination.k8s.io/someone-elses", NAMESPACE),
+        ("create", "leases.coordination.k8s.io", "team-a"),
+        ("create", "clusterpolicyreports.wgpolicyk8s.io", "team-a"),
+    ]:  # fmt: skip
+        assert not live.can(SERVER_SA, verb, resource, namespace), (
+            f"spotguard may {verb} {resource}"
+        )
+
+
+def test_server_identity_can_run_the_background_audit(live: Live, served: Served) -> None:
+    """The Deployment's arguments turn the audit on: under the server's own token it takes
+    the Lease, lists the cluster, writes a PolicyReport and an Event, and is refused nothing
+    (the served fixture fails on any 403 in the log)."""
+    plane = live.plane
+    plane.kubectl("create", "namespace", "team-a")
+    plane.kubectl("create", "serviceaccount", "default", "-n", "team-a")
+    bad = {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "on-spot", "namespace": "team-a"},
+        "spec": {"tolerations": [{"key": "spot", "operator": "Exists"}],
+                 "containers": [{"name": "c", "image": "registry.example/c:1"}]},
+    }  # fmt: skip
+    plane.kubectl("apply", "-f", "-", input=json.dumps(bad), check=True)
+
+    def report() -> Manifest | None:
+        got = plane.kubectl("get", "policyreport", "spotguard", "-n", "team-a", "-o", "json")
+        return json.loads(got.stdout) if got.returncode == 0 else None
+
+    found: Manifest = wait_for(report, 30, "the PolicyReport of team-a")
+    assert found["summary"]["fail"] == 1
+    lease = live.get("lease", "spotguard-audit")
+    assert lease["spec"]["holderIdentity"]
+    events = plane.kubectl("get", "events", "-n", "team-a", "-o", "json", check=True)
+    assert any(e["reason"] == "SpotguardViolation" for e in json.loads(events.stdout)["items"])
 
 
 def test_pod_templates_pass_admission(live: Live) -> None:
