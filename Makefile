@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint unit e2e controlplane bench clean
+.PHONY: setup demo test lint unit e2e controlplane bench bench-audit clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ test: lint controlplane  ## everything CI runs: lint, unit, HTTP/TLS and end-to-
 
 bench: setup  ## webhook throughput and latency over real gunicorn and TLS
 	$(BIN)/python -m benchmarks.bench_webhook
+
+bench-audit: controlplane  ## cluster audit of 5,000 pods on a real kube-apiserver
+	$(BIN)/python -m benchmarks.bench_audit
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
