@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -48,6 +49,7 @@ class FakeKube(KubeJSON):
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
         self.policy_reports = policy_reports
         self.expire_continue_once = False
+        self.offer_continue = True
         self._versions = itertools.count(1)
         self._uids = itertools.count(1)
 
@@ -142,7 +144,10 @@ class FakeKube(KubeJSON):
         token = params.get("continue")
         if token and self.expire_continue_once:
             self.expire_continue_once = False
-            raise _error(410, "Gone")
+            expired = _error(410, "Gone")
+            offered = {"metadata": {"continue": f"{token}"}} if self.offer_continue else {}
+            expired.body = json.dumps({"kind": "Status", "code": 410, **offered})
+            raise expired
         start = int(token or 0)
         page = [_as_listed(obj) for obj in items[start : start + limit]]
         more = start + limit < len(items)

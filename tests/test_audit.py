@@ -139,14 +139,19 @@ def test_ignored_and_excluded_namespaces_and_one_namespace_only(kube: FakeKube) 
     assert ("GET", "/api/v1/namespaces/other/pods", {"limit": 500}) in kube.calls
 
 
-def test_lists_are_paginated_and_an_expired_token_restarts(kube: FakeKube) -> None:
+@pytest.mark.parametrize("offered", [True, False])
+def test_lists_are_paginated_and_an_expired_token_goes_on(kube: FakeKube, offered: bool) -> None:
     kube.add_all("v1", "pods", [pod(f"p{i:02}", tolerations=TOLERATE_SPOT) for i in range(25)])
-    kube.expire_continue_once = True
+    kube.expire_continue_once, kube.offer_continue = True, offered
     result = run_audit(Inventory(kube, page_size=10), default_policy())
     pod_calls = [params for _, path, params in kube.calls if path == "/api/v1/pods"]
-    assert [params.get("continue") for params in pod_calls] == [None, "10", None, "10", "20"]
     assert all(params["limit"] == 10 for params in pod_calls)
-    assert len({f.name for f in result.findings}) == 25  # seen again after the restart: once
+    if offered:  # the server's token for the rest of the list: nothing judged twice
+        assert [params.get("continue") for params in pod_calls] == [None, "10", "10", "20"]
+        assert result.judged["shop"] == 25
+    else:  # no token offered: the list starts again
+        assert [params.get("continue") for params in pod_calls] == [None, "10", None, "10", "20"]
+    assert len({f.name for f in result.findings}) == 25
 
 
 def test_kinds_the_cluster_does_not_serve_are_noted(kube: FakeKube) -> None:

@@ -62,8 +62,10 @@ class KubeJSON:
         """A list call, one page (``limit`` items) at a time, following ``continue``.
 
         Only one page is held at once, so listing a large cluster costs the memory of a
-        page. A continue token that expired (HTTP 410, after about five minutes) restarts
-        the list from a fresh snapshot; items already seen may then come again.
+        page. When a continue token has expired (HTTP 410, after about five minutes), the
+        list goes on with the token the server offers in its answer: the rest of the list
+        from a newer snapshot (objects changed meanwhile may be missed or seen in their new
+        state, none twice); without one, it starts again and earlier items come again.
         """
         from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
 
@@ -76,10 +78,19 @@ class KubeJSON:
                 page = self.get(path, **params)
             except ApiException as error:
                 if error.status == 410 and token:
-                    token = ""
+                    token = _offered_continue(error)
                     continue
                 raise
             yield page.get("items") or []
             token = (page.get("metadata") or {}).get("continue") or ""
             if not token:
                 return
+
+
+def _offered_continue(error: Any) -> str:
+    """The continue token of a 410 "too old" answer, for the rest of an inconsistent list."""
+    try:
+        status = orjson.loads(error.body or b"{}")
+    except orjson.JSONDecodeError:
+        return ""
+    return str((status.get("metadata") or {}).get("continue") or "")
