@@ -103,12 +103,13 @@ def load_policy(path: Path | None, key: str = DEFAULT_CONFIGMAP_KEY) -> Policy:
         raise CLIError(f"{where}: {error}") from None
 
 
-def add_policy_options(command: argparse.ArgumentParser) -> None:
+def add_policy_options(
+    command: argparse.ArgumentParser, default: str = "the built-in policy"
+) -> None:
     command.add_argument(
         "--policy",
         type=Path,
-        help="policy document, or a manifest with its ConfigMap (YAML); "
-        "default: the built-in policy",
+        help=f"policy document, or a manifest with its ConfigMap (YAML); default: {default}",
     )
     command.add_argument(
         "--policy-key",
