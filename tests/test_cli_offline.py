@@ -324,6 +324,8 @@ USER_ERRORS = {
     "no cluster (audit)": (["audit"], "no cluster: "),
     "no cluster (certs)": (["certs", "ensure"], "no cluster: "),
     "no cluster (serve)": (["serve", "--policy-configmap", "a/b"], "no cluster: "),
+    "cluster down": (["audit", "--kubeconfig", "{dead}", "--policy", "policies/default_policy.yaml"],
+                     "cannot reach the Kubernetes API: "),
     "unknown worker class": (["serve", "--worker-class", "sync"],
                              "argument --worker-class: invalid choice: 'sync'"),
     "unknown log level": (["serve", "--log-level", "loud"], "argument --log-level: invalid choice"),
@@ -344,6 +346,14 @@ if importlib.util.find_spec("gevent") is None:
 @pytest.mark.parametrize("case", sorted(USER_ERRORS), ids=str)
 def test_user_errors_are_one_line_with_the_problem(case: str, tmp_path: Path) -> None:
     args, expected = USER_ERRORS[case]
+    dead = tmp_path / "dead.kubeconfig"  # a cluster that is not there
+    dead.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+    }))  # fmt: skip
+    args = [arg.replace("{dead}", str(dead)) for arg in args]
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
     env.update(HOME=str(tmp_path), KUBECONFIG=str(tmp_path / "none"))  # no cluster here
     result = subprocess.run(
