@@ -324,8 +324,10 @@ USER_ERRORS = {
     "no cluster (audit)": (["audit"], "no cluster: "),
     "no cluster (certs)": (["certs", "ensure"], "no cluster: "),
     "no cluster (serve)": (["serve", "--policy-configmap", "a/b"], "no cluster: "),
-    "cluster down": (["audit", "--kubeconfig", "{dead}", "--policy", "policies/default_policy.yaml"],
-                     "cannot reach the Kubernetes API: "),
+    "cluster down": (
+        ["audit", "--kubeconfig", "{dead}", "--policy", "policies/default_policy.yaml"],
+        "cannot reach the Kubernetes API: ",
+    ),
     "unknown worker class": (["serve", "--worker-class", "sync"],
                              "argument --worker-class: invalid choice: 'sync'"),
     "unknown log level": (["serve", "--log-level", "loud"], "argument --log-level: invalid choice"),
