@@ -264,9 +264,7 @@ def _spot_classes(labels: list[NodeLabel]) -> tuple[SpotClass, ...]:
     for label in labels:
         for value in label.values:
             taints.setdefault((label.key, value), []).extend(label.taints)
-    return tuple(
-        SpotClass(key, value, _unique(found)) for (key, value), found in taints.items()
-    )
+    return tuple(SpotClass(key, value, _unique(found)) for (key, value), found in taints.items())
 
 
 def _build(doc: dict[str, Any]) -> Policy:

@@ -1,0 +1,315 @@
+"""Where a pod can run, by kube-scheduler's rules: the one model every placement rule uses.
+
+Two layers:
+
+- concrete (:func:`fits`): can this pod spec be bound to this node (name, labels,
+  taints)? Exactly the Filter phase of the scheduler's NodeAffinity and TaintToleration
+  plugins, parse errors included (:mod:`policies.selectors` mirrors the Go code);
+- symbolic (:func:`spot_reach`, :func:`can_reach_spot`): could ANY node the policy counts
+  as spot host the pod? A spot node carries a spot label value; its other labels and its
+  name are unknown (any value, or absent); it carries at least the taints its spot class
+  guarantees (:class:`policies.model.SpotClass`) and maybe no other. Each requirement of
+  a node selector constrains one label key, so every key is solved on its own, over a
+  finite set of candidate values that stands for all the others (absent, every value
+  named, a fresh string, integers around the ``Gt``/``Lt`` bounds).
+
+Tolerations against the policy's spot taints ask one of two questions: does a toleration
+tolerate SOME node carrying the taint (:func:`tolerates_some`, what validation denies) or
+EVERY node carrying it (:func:`tolerates_every`, what injection makes sure of)? They differ
+for a taint the policy gives without a value (any value): an ``Equal`` toleration of the
+key tolerates some such nodes, not all of them.
+
+Nothing here raises on decoded JSON: what the API server could not decode matches nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from policies.model import BLOCKING_EFFECTS, Policy
+from policies.presets import Taint
+from policies.selectors import (
+    INT64_MAX,
+    NAME_FIELD,
+    FieldRequirement,
+    Placement,
+    Requirement,
+    Term,
+    Toleration,
+    parse_placement,
+    parse_term,
+    parse_toleration,
+)
+
+JSONObject = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Node:
+    """A concrete node as the scheduler sees it. A taint value None is the empty value."""
+
+    name: str
+    labels: Mapping[str, str]
+    taints: tuple[Taint, ...] = ()
+
+    @classmethod
+    def from_api(cls, node: Mapping[str, Any]) -> Node:
+        """From a Node object as the API returns it."""
+        metadata = node.get("metadata") or {}
+        taints = tuple(
+            Taint(str(t.get("key", "")), str(t.get("value") or ""), str(t.get("effect", "")))
+            for t in (node.get("spec") or {}).get("taints") or []
+        )
+        return cls(str(metadata.get("name", "")), dict(metadata.get("labels") or {}), taints)
+
+
+def fits(spec: Mapping[str, Any], node: Node, *, toleration_comparisons: bool = False) -> bool:
+    """Whether the scheduler's NodeAffinity and TaintToleration filters let a pod with this
+    spec onto ``node``. ``toleration_comparisons``: the alpha feature gate
+    TaintTolerationComparisonOperators (off by default), which gives ``Lt``/``Gt``
+    tolerations a meaning."""
+    placement = parse_placement(spec)
+    return placement.matches(node.name, node.labels) and placement.tolerates_node(
+        node.taints, comparisons=toleration_comparisons
+    )
+
+
+def tolerates_some(toleration: Any, taint: Taint) -> bool:
+    """Whether ``toleration`` tolerates the taint of SOME node carrying ``taint`` (value
+    None: any value). A toleration that does opens such nodes to the pod. ``Lt``/``Gt``
+    count as the feature gate defines them: the API server admits them only with it on."""
+    parsed = parse_toleration(toleration)
+    return parsed is not None and parsed.tolerates_some_of(taint)
+
+
+def tolerates_every(toleration: Any, taint: Taint) -> bool:
+    """Whether ``toleration`` tolerates ``taint`` on EVERY node carrying it, whatever its
+    value where the policy gives none: what a fault-tolerant pod needs. ``Lt``/``Gt`` never
+    count (the feature gate may be off), so injection adds a toleration that always does."""
+    parsed = parse_toleration(toleration)
+    if parsed is None or not parsed.may_match(taint.key, taint.effect):
+        return False
+    if parsed.operator == "Exists":
+        return True
+    return (
+        taint.value is not None
+        and parsed.operator in ("", "Equal")
+        and (parsed.value == taint.value)
+    )
+
+
+@dataclass(frozen=True)
+class TermReach:
+    """What one required term (``index``) can reach, ANDed with the nodeSelector; with no
+    required node affinity, a single entry (``index`` None) for the nodeSelector alone.
+
+    ``reaches_spot``: some spot node could host the pod through it (its tolerations
+    against the class's guaranteed taints included). ``exclusions``: the requirements to
+    AND into the term so that it no longer reaches spot (empty when it cannot).
+    ``only_spot``: every node the term's own requirements match is spot, and some spot
+    node matches (labels only; the exclusions spotguard ANDs in are left out, so a term a
+    keep-off-spot mutation emptied is still seen as the spot selection it was written as).
+    ``forcing_keys``: the spot label keys whose requirements leave only spot values.
+    """
+
+    index: int | None
+    reaches_spot: bool
+    exclusions: tuple[JSONObject, ...]
+    only_spot: bool
+    forcing_keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SpotReach:
+    """How a pod spec's required placement meets the policy's spot nodes."""
+
+    #: ``absent`` (no required node affinity), ``terms``, or ``invalid``: required node
+    #: affinity with no term at all (an empty ``nodeSelectorTerms`` list, which the API
+    #: rejects, or a mistyped field). It matches no node: left for the API server to reject.
+    required: str
+    #: nodeSelector keys whose entry is a spot value: each alone selects only spot nodes.
+    node_selector_spot: tuple[str, ...]
+    terms: tuple[TermReach, ...]
+
+    @property
+    def reaches_spot(self) -> bool:
+        return any(term.reaches_spot for term in self.terms)
+
+
+def spot_exclusion(key: str, policy: Policy) -> JSONObject:
+    """The requirement that keeps a term off every spot value of label ``key``."""
+    return {"key": key, "operator": "NotIn", "values": list(policy.spot_values[key])}
+
+
+def spot_reach(spec: Mapping[str, Any], policy: Policy) -> SpotReach:
+    """Which parts of ``spec``'s required placement can reach the policy's spot nodes."""
+    placement = parse_placement(spec)
+    node_selector_spot = tuple(
+        key
+        for key, value in placement.node_selector or ()
+        if value in policy.spot_values.get(key, ())
+    )
+    if placement.required is None:
+        reach = _term_reach(None, None, None, placement, policy)
+        return SpotReach("absent", node_selector_spot, (reach,))
+    if not placement.required:
+        return SpotReach("invalid", node_selector_spot, ())
+    terms = tuple(
+        _term_reach(index, term, _authored(placement.raw_terms[index], policy), placement, policy)
+        for index, term in enumerate(placement.required)
+    )
+    return SpotReach("terms", node_selector_spot, terms)
+
+
+def can_reach_spot(spec: Mapping[str, Any], policy: Policy) -> bool:
+    """Whether some node the policy counts as spot could host a pod with this spec."""
+    return spot_reach(spec, policy).reaches_spot
+
+
+# -- solving, key by key ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _KeyOptions:
+    """Which kinds of value one label key can take on a node matching a conjunction."""
+
+    non_spot: bool  # absent, or a value that is no spot value of the key
+    spot: bool  # a spot value
+    spot_tolerated: bool  # a spot value whose class's blocking taints the pod tolerates
+
+    @property
+    def satisfiable(self) -> bool:
+        return self.non_spot or self.spot
+
+
+def candidate_values(
+    requirements: Sequence[Requirement], spot_values: Sequence[str]
+) -> Iterator[str | None]:
+    """Label values (None: absent) that stand for every value a node could carry.
+
+    A requirement only tells apart: absence, the values it names, and integers on either
+    side of a ``Gt``/``Lt`` bound; every other value behaves like a fresh string. Node
+    label values are label values, so integers are 0 to the int64 maximum, written with
+    any number of leading zeros (each spelling a different string for ``In``/``NotIn``).
+    """
+    yield None
+    named = [v for r in requirements if r.operator in ("In", "NotIn") for v in r.values]
+    literals = dict.fromkeys([*spot_values, *named])
+    yield from literals
+    fresh = "spotguard-any-other-value"
+    while fresh in literals:
+        fresh += "-x"
+    yield fresh
+    greater = [r.bound for r in requirements if r.operator == "Gt"]
+    less = [r.bound for r in requirements if r.operator == "Lt"]
+    if not greater and not less:
+        return
+    low = max([*greater, -1]) + 1
+    high = min([*less, INT64_MAX + 1]) - 1
+    spellings = len(literals) + 1  # one of these many is not a named value
+    for number in range(max(low, 0), min(high, max(low, 0) + spellings) + 1):
+        for zeros in range(spellings + 1):
+            text = "0" * zeros + str(number)
+            if len(text) > 63:
+                break
+            yield text
+
+
+class _Conjunction:
+    """ANDed label requirements and node-name requirements (a nodeSelector with a term)."""
+
+    def __init__(self, requirements: Sequence[Requirement], fields: Sequence[FieldRequirement]):
+        self.by_key: dict[str, list[Requirement]] = {}
+        for requirement in requirements:
+            self.by_key.setdefault(requirement.key, []).append(requirement)
+        self.fields = fields
+
+    def names_possible(self) -> bool:
+        """Some node name meets the field requirements (names are unknown, never empty)."""
+        wanted = [f.value for f in self.fields if f.key == NAME_FIELD and f.operator == "In"]
+        name = wanted[0] if wanted else "spotguard-any-node"
+        while not wanted and name in {f.value for f in self.fields}:
+            name += "-x"
+        return bool(name) and all(f.matches({NAME_FIELD: name}) for f in self.fields)
+
+    def options(self, key: str, policy: Policy, tolerations: Sequence[Toleration]) -> _KeyOptions:
+        requirements = self.by_key.get(key, [])
+        spot_values = policy.spot_values.get(key, ())
+        non_spot = spot = tolerated = False
+        for value in candidate_values(requirements, spot_values):
+            if not all(r.matches({} if value is None else {key: value}) for r in requirements):
+                continue
+            if value is None or value not in spot_values:
+                non_spot = True
+                continue
+            spot = True
+            tolerated = tolerated or all(
+                any(toleration.tolerates_some_of(taint) for toleration in tolerations)
+                for taint in policy.guaranteed_taints(key, value)
+                if taint.effect in BLOCKING_EFFECTS
+            )
+        return _KeyOptions(non_spot, spot, tolerated)
+
+    def solve(self, policy: Policy, tolerations: Sequence[Toleration]) -> dict[str, _KeyOptions]:
+        """Options of every key that matters: the spot keys and the keys constrained."""
+        keys = dict.fromkeys([*policy.spot_values, *self.by_key])
+        return {key: self.options(key, policy, tolerations) for key in keys}
+
+
+def _authored(raw_term: Any, policy: Policy) -> Term:
+    """The term without the exclusions spotguard ANDs in: what its author selected."""
+    if not isinstance(raw_term, dict) or not isinstance(raw_term.get("matchExpressions"), list):
+        return parse_term(raw_term)
+    ours = [spot_exclusion(key, policy) for key in policy.spot_values]
+    expressions = [e for e in raw_term["matchExpressions"] if e not in ours]
+    return parse_term({**raw_term, "matchExpressions": expressions})
+
+
+def _term_reach(
+    index: int | None,
+    term: Term | None,
+    authored: Term | None,
+    placement: Placement,
+    policy: Policy,
+) -> TermReach:
+    """``term`` None: no required node affinity, the nodeSelector alone."""
+    exclusions: tuple[JSONObject, ...] = ()
+    if placement.node_selector is not None and (term is None or term.matchable):
+        selector = [Requirement(key, "In", (value,)) for key, value in placement.node_selector]
+        requirements = [*selector, *(term.requirements if term else ())]
+        conjunction = _Conjunction(requirements, term.fields if term else ())
+        if conjunction.names_possible():
+            options = conjunction.solve(policy, placement.tolerations)
+            # A spot node fits if one key takes a tolerated spot value and every other key
+            # some value whose taints the pod tolerates (a non-spot value brings none).
+            if all(o.non_spot or o.spot_tolerated for o in options.values()):
+                exclusions = _exclusions(options, policy)
+    forcing = _forcing_keys(authored, policy) if authored is not None else ()
+    return TermReach(index, bool(exclusions), exclusions, bool(forcing), forcing)
+
+
+def _exclusions(options: Mapping[str, _KeyOptions], policy: Policy) -> tuple[JSONObject, ...]:
+    """The fewest exclusions that leave no spot node: one, for a key that can only take
+    spot values (the term then matches nothing); else one for every key through which a
+    spot node fits, since each of them alone lets one in."""
+    reaching = [key for key in policy.spot_values if options[key].spot_tolerated]
+    only_spot = [key for key in reaching if not options[key].non_spot]
+    return tuple(spot_exclusion(key, policy) for key in (only_spot[:1] or reaching))
+
+
+def _forcing_keys(term: Term, policy: Policy) -> tuple[str, ...]:
+    """The spot keys left with only spot values, if the term (labels only) matches some
+    spot node; empty otherwise (then the term also matches a node that is not spot)."""
+    if not term.matchable:
+        return ()
+    conjunction = _Conjunction(term.requirements, term.fields)
+    if not conjunction.names_possible():
+        return ()
+    options = conjunction.solve(policy, ())
+    if not all(o.satisfiable for o in options.values()):
+        return ()
+    if not any(o.spot for o in options.values()):
+        return ()
+    return tuple(key for key, o in options.items() if not o.non_spot)
