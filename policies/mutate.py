@@ -12,17 +12,17 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from policies.affinity import add_preferred_terms, and_into_required_terms
+from policies.affinity import add_preferred_terms, and_into_required_terms, exclude_spot
 from policies.candidates import is_fault_tolerant, poor_candidate_reasons
 from policies.decisions import Change, MutationDecision, PodContext
 from policies.model import Mode, Policy, Rule
+from policies.placement import tolerates_every
 from policies.pods import (
     JSONObject,
     annotations_of,
     is_node_agent,
     json_copy,
     regular_containers,
-    tolerates,
 )
 from policies.presets import Taint
 
@@ -84,11 +84,8 @@ def _apply(rule: Rule, pod: Mapping[str, Any], policy: Policy) -> MutationDecisi
 
 
 def _keep_off_spot(spec: JSONObject, policy: Policy) -> list[Change]:
-    requirements = [
-        {"key": label.key, "operator": "NotIn", "values": list(label.values)}
-        for label in policy.spot_labels
-    ]
-    added = and_into_required_terms(spec, requirements)
+    """Exclude spot from every required term that could reach it (:mod:`policies.placement`)."""
+    added = exclude_spot(spec, policy)
     return [Change("nodeAffinity", f"require {_expression(r)}") for r in added]
 
 
@@ -116,8 +113,10 @@ def _toleration_for(taint: Taint) -> JSONObject:
 
 
 def _add_tolerations(spec: JSONObject, taints: tuple[Taint, ...]) -> list[Change]:
+    """Tolerate each spot taint on every node carrying it: a taint without a value needs
+    ``Exists``, whatever ``Equal`` tolerations of its key the pod has."""
     tolerations: list[JSONObject] = spec.get("tolerations") or []
-    missing = [t for t in taints if not any(tolerates(tol, t) for tol in tolerations)]
+    missing = [t for t in taints if not any(tolerates_every(tol, t) for tol in tolerations)]
     if not missing:
         return []
     spec["tolerations"] = tolerations + [_toleration_for(t) for t in missing]
