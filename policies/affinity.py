@@ -18,7 +18,7 @@ from typing import Any
 from policies.model import Policy
 from policies.placement import spot_reach
 from policies.pods import JSONObject, json_copy
-from policies.selectors import parse_placement
+from policies.selectors import parse_term, raw_required_terms
 
 
 def _node_affinity(spec: JSONObject) -> JSONObject | None:
@@ -57,13 +57,12 @@ def and_into_required_terms(spec: JSONObject, requirements: list[JSONObject]) ->
     key yet (the pod's author was explicit there); return the requirements added."""
     if not requirements:
         return []
-    placement = parse_placement(spec)
-    if placement.required is None:
+    raw_terms = raw_required_terms(spec)
+    if raw_terms is None:
         return list(requirements) if _add_required_term(spec, requirements) else []
     added: dict[str, JSONObject] = {}
-    if not placement.required:
-        return []
-    for raw, term in zip(_raw_terms(spec), placement.required, strict=True):
+    for raw in raw_terms:
+        term = parse_term(raw)
         if not term.matchable:
             continue
         constrained = {requirement.key for requirement in term.requirements}

@@ -237,6 +237,16 @@ class Policy:
         spot_class = self._classes.get((key, value))
         return spot_class.taints if spot_class else ()
 
+    @cached_property
+    def blocking_taints(self) -> Mapping[tuple[str, str], tuple[Taint, ...]]:
+        """``(key, value)`` of each spot class whose nodes carry a blocking taint -> those
+        taints; the classes missing here have none."""
+        return {
+            (c.key, c.value): tuple(t for t in c.taints if t.effect in BLOCKING_EFFECTS)
+            for c in self.spot_classes
+            if c.always_tainted
+        }
+
     @property
     def every_spot_node_tainted(self) -> bool:
         """Every spot node carries a blocking spot taint, so a pod tolerating none of them

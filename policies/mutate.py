@@ -16,7 +16,6 @@ from policies.affinity import add_preferred_terms, and_into_required_terms, excl
 from policies.candidates import is_fault_tolerant, poor_candidate_reasons
 from policies.decisions import Change, MutationDecision, PodContext
 from policies.model import Mode, Policy, Rule
-from policies.placement import tolerates_every
 from policies.pods import (
     JSONObject,
     annotations_of,
@@ -25,6 +24,7 @@ from policies.pods import (
     regular_containers,
 )
 from policies.presets import Taint
+from policies.selectors import parse_toleration
 
 INJECTED_ANNOTATION = "spotguard.dev/injected"
 PRESTOP_COMMAND_ANNOTATION = "spotguard.dev/prestop-command"
@@ -116,7 +116,8 @@ def _add_tolerations(spec: JSONObject, taints: tuple[Taint, ...]) -> list[Change
     """Tolerate each spot taint on every node carrying it: a taint without a value needs
     ``Exists``, whatever ``Equal`` tolerations of its key the pod has."""
     tolerations: list[JSONObject] = spec.get("tolerations") or []
-    missing = [t for t in taints if not any(tolerates_every(tol, t) for tol in tolerations)]
+    own = [parsed for parsed in map(parse_toleration, tolerations) if parsed is not None]
+    missing = [t for t in taints if not any(tol.tolerates_every_of(t) for tol in own)]
     if not missing:
         return []
     spec["tolerations"] = tolerations + [_toleration_for(t) for t in missing]

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from policies.model import BLOCKING_EFFECTS, Policy
+from policies.model import Policy
 from policies.presets import Taint
 from policies.selectors import (
     INT64_MAX,
@@ -89,53 +89,53 @@ def tolerates_every(toleration: Any, taint: Taint) -> bool:
     value where the policy gives none: what a fault-tolerant pod needs. ``Lt``/``Gt`` never
     count (the feature gate may be off), so injection adds a toleration that always does."""
     parsed = parse_toleration(toleration)
-    if parsed is None or not parsed.may_match(taint.key, taint.effect):
-        return False
-    if parsed.operator == "Exists":
-        return True
-    return (
-        taint.value is not None
-        and parsed.operator in ("", "Equal")
-        and (parsed.value == taint.value)
-    )
+    return parsed is not None and parsed.tolerates_every_of(taint)
 
 
 @dataclass(frozen=True)
 class TermReach:
     """What one required term (``index``) can reach, ANDed with the nodeSelector; with no
     required node affinity, a single entry (``index`` None) for the nodeSelector alone.
-
-    ``reaches_spot``: some spot node could host the pod through it (its tolerations
-    against the class's guaranteed taints included). ``exclusions``: the requirements to
-    AND into the term so that it no longer reaches spot (empty when it cannot).
-    ``only_spot``: every node the term's own requirements match is spot, and some spot
-    node matches (labels only; the exclusions spotguard ANDs in are left out, so a term a
-    keep-off-spot mutation emptied is still seen as the spot selection it was written as).
-    ``forcing_keys``: the spot label keys whose requirements leave only spot values.
-    """
+    ``exclusions``: the requirements to AND into the term so that no spot node could host
+    the pod through it (empty when none can: its tolerations against each class's
+    guaranteed taints count)."""
 
     index: int | None
-    reaches_spot: bool
     exclusions: tuple[JSONObject, ...]
-    only_spot: bool
-    forcing_keys: tuple[str, ...]
+
+    @property
+    def reaches_spot(self) -> bool:
+        return bool(self.exclusions)
 
 
 @dataclass(frozen=True)
 class SpotReach:
-    """How a pod spec's required placement meets the policy's spot nodes."""
+    """How a pod spec's required placement can reach the policy's spot nodes."""
 
     #: ``absent`` (no required node affinity), ``terms``, or ``invalid``: required node
     #: affinity with no term at all (an empty ``nodeSelectorTerms`` list, which the API
     #: rejects, or a mistyped field). It matches no node: left for the API server to reject.
     required: str
-    #: nodeSelector keys whose entry is a spot value: each alone selects only spot nodes.
-    node_selector_spot: tuple[str, ...]
     terms: tuple[TermReach, ...]
 
     @property
     def reaches_spot(self) -> bool:
         return any(term.reaches_spot for term in self.terms)
+
+
+@dataclass(frozen=True)
+class SpotSelection:
+    """The parts of a pod spec's node selection that select ONLY spot nodes (labels only):
+    every node they match is spot, and some spot node matches. An explicit choice of spot.
+
+    ``node_selector``: nodeSelector keys whose entry is a spot value. ``terms``: required
+    term index -> the spot label keys whose requirements in it leave only spot values.
+    Terms are judged as their author wrote them: the exclusions spotguard ANDs in are left
+    out, so a term a keep-off-spot mutation emptied still shows the selection it was.
+    """
+
+    node_selector: tuple[str, ...]
+    terms: Mapping[int, tuple[str, ...]]
 
 
 def spot_exclusion(key: str, policy: Policy) -> JSONObject:
@@ -144,23 +144,18 @@ def spot_exclusion(key: str, policy: Policy) -> JSONObject:
 
 
 def spot_reach(spec: Mapping[str, Any], policy: Policy) -> SpotReach:
-    """Which parts of ``spec``'s required placement can reach the policy's spot nodes."""
+    """Which required terms of ``spec`` (or, without any, its nodeSelector alone) let a
+    spot node host the pod, and what to AND into each to exclude spot."""
     placement = parse_placement(spec)
-    node_selector_spot = tuple(
-        key
-        for key, value in placement.node_selector or ()
-        if value in policy.spot_values.get(key, ())
-    )
+    solver = _Solver(policy, placement.tolerations)
     if placement.required is None:
-        reach = _term_reach(None, None, None, placement, policy)
-        return SpotReach("absent", node_selector_spot, (reach,))
+        return SpotReach("absent", (solver.reach(None, None, placement),))
     if not placement.required:
-        return SpotReach("invalid", node_selector_spot, ())
+        return SpotReach("invalid", ())
     terms = tuple(
-        _term_reach(index, term, _authored(placement.raw_terms[index], policy), placement, policy)
-        for index, term in enumerate(placement.required)
+        solver.reach(index, term, placement) for index, term in enumerate(placement.required)
     )
-    return SpotReach("terms", node_selector_spot, terms)
+    return SpotReach("terms", terms)
 
 
 def can_reach_spot(spec: Mapping[str, Any], policy: Policy) -> bool:
@@ -168,11 +163,28 @@ def can_reach_spot(spec: Mapping[str, Any], policy: Policy) -> bool:
     return spot_reach(spec, policy).reaches_spot
 
 
+def spot_selection(spec: Mapping[str, Any], policy: Policy) -> SpotSelection:
+    """Where ``spec``'s nodeSelector or required terms select only spot nodes."""
+    placement = parse_placement(spec)
+    node_selector = tuple(
+        key
+        for key, value in placement.node_selector or ()
+        if value in policy.spot_values.get(key, ())
+    )
+    solver = _Solver(policy, ()) if placement.required else None
+    terms: dict[int, tuple[str, ...]] = {}
+    for index, term in enumerate(placement.required or ()):
+        assert solver is not None
+        forcing = solver.forcing_keys(_authored(placement.raw_terms[index], term, policy))
+        if forcing:
+            terms[index] = forcing
+    return SpotSelection(node_selector, terms)
+
+
 # -- solving, key by key ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _KeyOptions:
+class _KeyOptions(NamedTuple):
     """Which kinds of value one label key can take on a node matching a conjunction."""
 
     non_spot: bool  # absent, or a value that is no spot value of the key
@@ -234,82 +246,98 @@ class _Conjunction:
             name += "-x"
         return bool(name) and all(f.matches({NAME_FIELD: name}) for f in self.fields)
 
-    def options(self, key: str, policy: Policy, tolerations: Sequence[Toleration]) -> _KeyOptions:
-        requirements = self.by_key.get(key, [])
-        spot_values = policy.spot_values.get(key, ())
+
+class _Solver:
+    """Solves the conjunctions of one pod. A key no requirement names can be absent (not
+    spot) or take any spot value, so only the keys a conjunction names are searched."""
+
+    def __init__(self, policy: Policy, tolerations: Sequence[Toleration]):
+        self.policy = policy
+        #: ``(key, value)`` of the spot classes whose blocking taints the pod does not
+        #: tolerate: no node of theirs can host it.
+        self.closed = frozenset(
+            spot_class
+            for spot_class, taints in policy.blocking_taints.items()
+            if not all(any(t.tolerates_some_of(taint) for t in tolerations) for taint in taints)
+        )
+
+        self.closed_keys = frozenset(key for key, _ in self.closed)
+
+    def _open(self, key: str) -> bool:
+        """Some spot value of ``key`` (no other requirement on it) lets the pod in."""
+        if key not in self.closed_keys:
+            return True
+        return any((key, value) not in self.closed for value in self.policy.spot_values[key])
+
+    def options(self, key: str, requirements: Sequence[Requirement]) -> _KeyOptions:
+        spot_values = self.policy.spot_values.get(key, ())
         non_spot = spot = tolerated = False
         for value in candidate_values(requirements, spot_values):
             if not all(r.matches({} if value is None else {key: value}) for r in requirements):
                 continue
             if value is None or value not in spot_values:
                 non_spot = True
-                continue
-            spot = True
-            tolerated = tolerated or all(
-                any(toleration.tolerates_some_of(taint) for toleration in tolerations)
-                for taint in policy.guaranteed_taints(key, value)
-                if taint.effect in BLOCKING_EFFECTS
-            )
+            else:
+                spot, tolerated = True, tolerated or (key, value) not in self.closed
         return _KeyOptions(non_spot, spot, tolerated)
 
-    def solve(self, policy: Policy, tolerations: Sequence[Toleration]) -> dict[str, _KeyOptions]:
-        """Options of every key that matters: the spot keys and the keys constrained."""
-        keys = dict.fromkeys([*policy.spot_values, *self.by_key])
-        return {key: self.options(key, policy, tolerations) for key in keys}
+    def solve(self, conjunction: _Conjunction) -> dict[str, _KeyOptions] | None:
+        """The options of every key the conjunction names; None if no node name fits."""
+        if not conjunction.names_possible():
+            return None
+        return {key: self.options(key, r) for key, r in conjunction.by_key.items()}
 
-
-def _authored(raw_term: Any, policy: Policy) -> Term:
-    """The term without the exclusions spotguard ANDs in: what its author selected."""
-    if not isinstance(raw_term, dict) or not isinstance(raw_term.get("matchExpressions"), list):
-        return parse_term(raw_term)
-    ours = [spot_exclusion(key, policy) for key in policy.spot_values]
-    expressions = [e for e in raw_term["matchExpressions"] if e not in ours]
-    return parse_term({**raw_term, "matchExpressions": expressions})
-
-
-def _term_reach(
-    index: int | None,
-    term: Term | None,
-    authored: Term | None,
-    placement: Placement,
-    policy: Policy,
-) -> TermReach:
-    """``term`` None: no required node affinity, the nodeSelector alone."""
-    exclusions: tuple[JSONObject, ...] = ()
-    if placement.node_selector is not None and (term is None or term.matchable):
-        selector = [Requirement(key, "In", (value,)) for key, value in placement.node_selector]
+    def reach(self, index: int | None, term: Term | None, placement: Placement) -> TermReach:
+        """``term`` None: no required node affinity, the nodeSelector alone."""
+        if placement.node_selector is None or (term is not None and not term.matchable):
+            return TermReach(index, ())
+        selector = [Requirement(k, "In", (v,)) for k, v in placement.node_selector]
         requirements = [*selector, *(term.requirements if term else ())]
-        conjunction = _Conjunction(requirements, term.fields if term else ())
-        if conjunction.names_possible():
-            options = conjunction.solve(policy, placement.tolerations)
-            # A spot node fits if one key takes a tolerated spot value and every other key
-            # some value whose taints the pod tolerates (a non-spot value brings none).
-            if all(o.non_spot or o.spot_tolerated for o in options.values()):
-                exclusions = _exclusions(options, policy)
-    forcing = _forcing_keys(authored, policy) if authored is not None else ()
-    return TermReach(index, bool(exclusions), exclusions, bool(forcing), forcing)
+        options = self.solve(_Conjunction(requirements, term.fields if term else ()))
+        # A spot node fits if one key takes a tolerated spot value and every other key a
+        # value whose taints the pod tolerates (a value that is not spot brings none).
+        if options is None or not all(o.non_spot or o.spot_tolerated for o in options.values()):
+            return TermReach(index, ())
+        return TermReach(index, self._exclusions(options))
+
+    def _exclusions(self, options: Mapping[str, _KeyOptions]) -> tuple[JSONObject, ...]:
+        """The fewest exclusions that leave no spot node: one, for a key that can only take
+        spot values (the term then matches nothing); else one for every key through which
+        a spot node fits, since each of them alone lets one in."""
+        reaching = [
+            key
+            for key in self.policy.spot_values
+            if (options[key].spot_tolerated if key in options else self._open(key))
+        ]
+        only_spot = [key for key in reaching if key in options and not options[key].non_spot]
+        return tuple(spot_exclusion(key, self.policy) for key in (only_spot[:1] or reaching))
+
+    def forcing_keys(self, term: Term) -> tuple[str, ...]:
+        """The spot keys left with only spot values, if the term (labels only) matches a
+        node: then every node it matches is spot. Empty otherwise."""
+        spot_values = self.policy.spot_values
+        if not term.matchable or not any(r.key in spot_values for r in term.requirements):
+            return ()  # a term that names no spot label also matches nodes that are not spot
+        options = self.solve(_Conjunction(term.requirements, term.fields))
+        if options is None or not all(o.satisfiable for o in options.values()):
+            return ()
+        return tuple(key for key in spot_values if key in options and not options[key].non_spot)
 
 
-def _exclusions(options: Mapping[str, _KeyOptions], policy: Policy) -> tuple[JSONObject, ...]:
-    """The fewest exclusions that leave no spot node: one, for a key that can only take
-    spot values (the term then matches nothing); else one for every key through which a
-    spot node fits, since each of them alone lets one in."""
-    reaching = [key for key in policy.spot_values if options[key].spot_tolerated]
-    only_spot = [key for key in reaching if not options[key].non_spot]
-    return tuple(spot_exclusion(key, policy) for key in (only_spot[:1] or reaching))
+def _is_exclusion(expression: Any, policy: Policy) -> bool:
+    """Whether a ``matchExpressions`` item is one spotguard ANDs in (:func:`spot_exclusion`)."""
+    return (
+        isinstance(expression, dict)
+        and expression.get("operator") == "NotIn"
+        and expression.get("key") in policy.spot_values
+        and expression == spot_exclusion(expression["key"], policy)
+    )
 
 
-def _forcing_keys(term: Term, policy: Policy) -> tuple[str, ...]:
-    """The spot keys left with only spot values, if the term (labels only) matches some
-    spot node; empty otherwise (then the term also matches a node that is not spot)."""
-    if not term.matchable:
-        return ()
-    conjunction = _Conjunction(term.requirements, term.fields)
-    if not conjunction.names_possible():
-        return ()
-    options = conjunction.solve(policy, ())
-    if not all(o.satisfiable for o in options.values()):
-        return ()
-    if not any(o.spot for o in options.values()):
-        return ()
-    return tuple(key for key, o in options.items() if not o.non_spot)
+def _authored(raw_term: Any, term: Term, policy: Policy) -> Term:
+    """The term without the exclusions spotguard ANDs in: what its author selected."""
+    expressions = raw_term.get("matchExpressions") if isinstance(raw_term, dict) else None
+    if not isinstance(expressions, list) or not any(_is_exclusion(e, policy) for e in expressions):
+        return term
+    kept = [e for e in expressions if not _is_exclusion(e, policy)]
+    return parse_term({**raw_term, "matchExpressions": kept})

@@ -23,7 +23,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple
 
 from policies.model import BLOCKING_EFFECTS
 from policies.presets import Taint
@@ -39,6 +40,7 @@ _PARSE_INT = re.compile(r"[+-]?[0-9]+")
 _DECIMAL_INTEGER = re.compile(r"0|-?[1-9][0-9]*")
 
 
+@lru_cache(maxsize=4096)
 def is_label_key(key: str) -> bool:
     """apimachinery's ``IsQualifiedName``: ``[prefix/]name``, the prefix a DNS subdomain."""
     parts = key.split("/")
@@ -52,6 +54,7 @@ def is_label_key(key: str) -> bool:
     return 0 < len(name) <= 63 and _NAME.fullmatch(name) is not None
 
 
+@lru_cache(maxsize=4096)
 def is_label_value(value: str) -> bool:
     """apimachinery's ``IsValidLabelValue``: empty, or a name of at most 63 characters."""
     return value == "" or (len(value) <= 63 and _NAME.fullmatch(value) is not None)
@@ -86,8 +89,7 @@ def _texts(value: Any) -> tuple[str, ...] | None:
     return None if any(item is None for item in items) else items  # type: ignore[return-value]
 
 
-@dataclass(frozen=True)
-class Requirement:
+class Requirement(NamedTuple):
     """One parsed label requirement. ``operator`` ``In`` also stands for a nodeSelector
     entry (an exact match: the key present with that value)."""
 
@@ -138,8 +140,7 @@ def parse_requirement(expression: Any) -> Requirement | None:
     return Requirement(key, operator, values)
 
 
-@dataclass(frozen=True)
-class FieldRequirement:
+class FieldRequirement(NamedTuple):
     """One parsed ``matchFields`` item: the node's field ``key`` equals ``value`` or not."""
 
     key: str
@@ -161,8 +162,7 @@ def parse_field_requirement(expression: Any) -> FieldRequirement | None:
     return FieldRequirement(key, operator, values[0])
 
 
-@dataclass(frozen=True)
-class Term:
+class Term(NamedTuple):
     """A parsed ``nodeSelectorTerm``: its requirements and field requirements, ANDed.
     ``parsed`` False: the scheduler could not parse it. Unparsed or empty, it matches
     no node."""
@@ -198,8 +198,7 @@ def parse_term(term: Any) -> Term:
     return Term(tuple(requirements), tuple(field_requirements))  # type: ignore[arg-type]
 
 
-@dataclass(frozen=True)
-class Toleration:
+class Toleration(NamedTuple):
     key: str
     operator: str
     value: str
@@ -242,6 +241,19 @@ class Toleration:
             return False
         # An integer taint value is a label value: 0 up to the largest int64.
         return bound > 0 if self.operator == "Lt" else bound < INT64_MAX
+
+    def tolerates_every_of(self, taint: Taint) -> bool:
+        """Whether every node carrying ``taint`` (value None: any value) is tolerated;
+        ``Lt``/``Gt`` never count (the feature gate may be off)."""
+        if not self.may_match(taint.key, taint.effect):
+            return False
+        if self.operator == "Exists":
+            return True
+        return (
+            taint.value is not None
+            and self.operator in ("", "Equal")
+            and (self.value == taint.value)
+        )
 
 
 def parse_toleration(toleration: Any) -> Toleration | None:
@@ -299,8 +311,9 @@ def _node_selector(value: Any) -> tuple[tuple[str, str], ...] | None:
     return tuple(entries)  # type: ignore[arg-type]
 
 
-def _required_terms(spec: Mapping[str, Any]) -> tuple[Any, ...] | None:
-    """The raw required terms; None without required node affinity."""
+def raw_required_terms(spec: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """The required terms as written; None without required node affinity, an empty
+    tuple when it has no term (or a field on the way is mistyped)."""
     affinity = spec.get("affinity")
     if affinity is None:
         return None
@@ -322,7 +335,7 @@ def parse_placement(spec: Any) -> Placement:
     """Read a pod spec's ``nodeSelector``, required node affinity and tolerations."""
     if not isinstance(spec, Mapping):
         return Placement(None, (), (), ())
-    raw_terms = _required_terms(spec)
+    raw_terms = raw_required_terms(spec)
     tolerations = spec.get("tolerations")
     parsed = [parse_toleration(t) for t in tolerations] if isinstance(tolerations, list) else []
     return Placement(

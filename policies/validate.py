@@ -18,9 +18,9 @@ from policies.candidates import OffSpotReason, is_fault_tolerant, off_spot_reaso
 from policies.decisions import PodContext, ValidationDecision, Violation
 from policies.model import Mode, Policy, Rule
 from policies.nodes import spot_node_violations
-from policies.placement import spot_exclusion, spot_reach, tolerates_some
+from policies.placement import spot_exclusion, spot_selection
 from policies.pods import is_node_agent, spec_of
-from policies.selectors import parse_placement
+from policies.selectors import parse_placement, parse_toleration
 
 #: Requests that never put a pod anywhere: nothing to check.
 _UNCHECKED_OPERATIONS = frozenset({"DELETE", "CONNECT"})
@@ -106,7 +106,8 @@ def spot_placement_violations(
     found: list[Violation] = []
     tolerations = spec.get("tolerations")
     for index, toleration in enumerate(tolerations if isinstance(tolerations, list) else []):
-        tolerated = [t for t in policy.spot_taints if tolerates_some(toleration, t)]
+        parsed = parse_toleration(toleration)
+        tolerated = [t for t in policy.spot_taints if parsed and parsed.tolerates_some_of(t)]
         if tolerated:
             taint = tolerated[0]
             found.append(
@@ -117,8 +118,8 @@ def spot_placement_violations(
                     f"tolerates spot taint {taint.key}",
                 )
             )
-    reach = spot_reach(spec, policy)
-    for key in reach.node_selector_spot:
+    selection = spot_selection(spec, policy)
+    for key in selection.node_selector:
         value = spec["nodeSelector"][key]
         found.append(
             violation(
@@ -128,10 +129,9 @@ def spot_placement_violations(
                 f"nodeSelector selects spot ({key}={value})",
             )
         )
-    forcing = [(term.index, key) for term in reach.terms for key in term.forcing_keys]
+    forcing = [(index, key) for index, keys in selection.terms.items() for key in keys]
     raw_terms = parse_placement(spec).raw_terms if forcing else ()
     for term_index, key in forcing:
-        assert term_index is not None
         field = f"{_REQUIRED}.nodeSelectorTerms[{term_index}]"
         ours = spot_exclusion(key, policy)
         expressions = [

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from policies.affinity import and_into_required_terms, exclude_spot
 from policies.loader import default_policy, parse_policy_text
 from policies.model import Policy
-from policies.placement import Node, can_reach_spot, fits, spot_reach
+from policies.placement import Node, can_reach_spot, fits, spot_reach, spot_selection
 from policies.pods import json_copy
 from policies.presets import Taint
 from policies.selectors import parse_int64
@@ -77,7 +77,7 @@ def test_what_each_term_reaches(spec: dict[str, Any], exclusions: list[str], for
     [term] = reach.terms
     assert keys_of(term.exclusions) == exclusions
     assert term.reaches_spot is bool(exclusions)
-    assert term.forcing_keys == forcing and term.only_spot is bool(forcing)
+    assert spot_selection(spec, DEFAULT).terms.get(0, ()) == forcing
 
 
 def test_required_affinity_without_terms_is_left_to_the_api_server() -> None:
@@ -88,8 +88,8 @@ def test_required_affinity_without_terms_is_left_to_the_api_server() -> None:
 
 
 def test_node_selector_entries_that_name_spot_values() -> None:
-    reach = spot_reach({"nodeSelector": {EKS: "SPOT", "zone": "a", AKS: "regular"}}, DEFAULT)
-    assert reach.node_selector_spot == (EKS,)
+    spec = {"nodeSelector": {EKS: "SPOT", "zone": "a", AKS: "regular", "lifecycle": "spot"}}
+    assert spot_selection(spec, DEFAULT).node_selector == (EKS, "lifecycle")
 
 
 def test_a_tainted_class_is_reachable_only_by_tolerating_its_taint() -> None:
@@ -112,7 +112,7 @@ def test_the_exclusions_of_a_term_already_excluded_are_none_but_its_selection_is
     assert exclude_spot(spec, DEFAULT) == [{"key": EKS, "operator": "NotIn", "values": ["SPOT"]}]
     [term] = spot_reach(spec, DEFAULT).terms
     assert not term.reaches_spot and term.exclusions == ()
-    assert term.forcing_keys == (EKS,)  # still an explicit spot selection
+    assert spot_selection(spec, DEFAULT).terms == {0: (EKS,)}  # still a spot selection
 
 
 def test_gt_and_lt_on_an_integer_spot_label() -> None:
@@ -120,9 +120,10 @@ def test_gt_and_lt_on_an_integer_spot_label() -> None:
     policy = parse_policy_text("spotNodes: {presets: [], noticeWindowSeconds: 30,"
                                " labels: [{key: tier, values: ['1', '2']}]}")  # fmt: skip
     [term] = spot_reach(lower, policy).terms
-    assert keys_of(term.exclusions) == ["tier"] and not term.only_spot  # "0" or "01" remain
+    assert keys_of(term.exclusions) == ["tier"]
+    assert not spot_selection(lower, policy).terms  # "0" or "01" remain
     both = required({"matchExpressions": [expr("tier", "Lt", "3"), expr("tier", "In", "1", "5")]})
-    assert spot_reach(both, policy).terms[0].only_spot
+    assert spot_selection(both, policy).terms == {0: ("tier",)}
     none = required({"matchExpressions": [expr("tier", "Gt", "9223372036854775807")]})
     assert not can_reach_spot(none, policy)
 
@@ -286,17 +287,16 @@ def test_the_symbolic_model_agrees_with_the_concrete_one(spec: Any, data: st.Dat
     # Idempotent, and the term's own selection is still recognised.
     again = json_copy(mutated)
     assert exclude_spot(again, policy) == [] and again == mutated
-    after = spot_reach(mutated, policy)
-    assert not after.reaches_spot
+    assert not spot_reach(mutated, policy).reaches_spot
+    selection = spot_selection(spec, policy)
     if reach.required == "terms":
-        assert [t.forcing_keys for t in after.terms] == [t.forcing_keys for t in reach.terms]
+        assert spot_selection(mutated, policy) == selection
     # Only-spot terms match no generated node that is not spot.
-    for term in reach.terms:
-        if term.only_spot and term.index is not None:
-            alone = required(terms_of(spec)[term.index])
-            for node in [*spot_nodes, *other_nodes]:
-                if fits(alone, Node(node.name, node.labels)):
-                    assert _is_spot(dict(node.labels), policy)
+    for index in selection.terms:
+        alone = required(terms_of(spec)[index])
+        for node in [*spot_nodes, *other_nodes]:
+            if fits(alone, Node(node.name, node.labels)):
+                assert _is_spot(dict(node.labels), policy)
 
 
 def _brute_force_spot_nodes(spec: Any, policy: Policy) -> Iterator[Node]:
