@@ -5,13 +5,15 @@ Two layers:
 - concrete (:func:`fits`): can this pod spec be bound to this node (name, labels,
   taints)? Exactly the Filter phase of the scheduler's NodeAffinity and TaintToleration
   plugins, parse errors included (:mod:`policies.selectors` mirrors the Go code);
-- symbolic (:func:`spot_reach`, :func:`can_reach_spot`): could ANY node the policy counts
-  as spot host the pod? A spot node carries a spot label value; its other labels and its
-  name are unknown (any value, or absent); it carries at least the taints its spot class
-  guarantees (:class:`policies.model.SpotClass`) and maybe no other. Each requirement of
-  a node selector constrains one label key, so every key is solved on its own, over a
-  finite set of candidate values that stands for all the others (absent, every value
-  named, a fresh string, integers around the ``Gt``/``Lt`` bounds).
+- symbolic, over the nodes the policy counts as spot: could ANY of them host the pod
+  (:func:`can_reach_spot`; per term, and what to AND in to exclude spot:
+  :func:`spot_reach`), and which parts of the spec select ONLY spot nodes
+  (:func:`spot_selection`)? A spot node carries a spot label value; its other labels and
+  its name are unknown (any value, or absent); it carries at least the taints its spot
+  class guarantees (:class:`policies.model.SpotClass`) and maybe no other. Each
+  requirement of a node selector constrains one label key, so every key is solved on its
+  own, over a finite set of candidate values that stands for all the others (absent,
+  every value named, a fresh string, integers around the ``Gt``/``Lt`` bounds).
 
 Tolerations against the policy's spot taints ask one of two questions: does a toleration
 tolerate SOME node carrying the taint (:func:`tolerates_some`, what validation denies) or
@@ -171,13 +173,13 @@ def spot_selection(spec: Mapping[str, Any], policy: Policy) -> SpotSelection:
         for key, value in placement.node_selector or ()
         if value in policy.spot_values.get(key, ())
     )
-    solver = _Solver(policy, ()) if placement.required else None
     terms: dict[int, tuple[str, ...]] = {}
-    for index, term in enumerate(placement.required or ()):
-        assert solver is not None
-        forcing = solver.forcing_keys(_authored(placement.raw_terms[index], term, policy))
-        if forcing:
-            terms[index] = forcing
+    if placement.required:
+        solver = _Solver(policy, ())
+        for index, term in enumerate(placement.required):
+            forcing = solver.forcing_keys(_authored(placement.raw_terms[index], term, policy))
+            if forcing:
+                terms[index] = forcing
     return SpotSelection(node_selector, terms)
 
 
