@@ -288,7 +288,7 @@ _ODD = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(spec=_ODD)
 def test_no_input_makes_the_model_raise(spec: Any) -> None:
     for node in (SPOT, ON_DEMAND, BARE, TAINTED):

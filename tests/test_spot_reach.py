@@ -267,7 +267,7 @@ def _fits_either_way(spec: Any, node: Node) -> bool:
     return fits(spec, node) or fits(spec, node, toleration_comparisons=True)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(spec=SPEC, data=st.data())
 def test_the_symbolic_model_agrees_with_the_concrete_one(spec: Any, data: st.DataObject) -> None:
     policy = POLICIES[data.draw(st.sampled_from(sorted(POLICIES)))]
@@ -329,7 +329,7 @@ def _brute_force_spot_nodes(spec: Any, policy: Policy) -> Iterator[Node]:
                 yield Node(name, labels, taints)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(spec=SPEC)
 @example(spec={"nodeSelector": {"tier": "1"}, "tolerations": [{"key": "tier", "value": "x"}]})
 @example(spec={"nodeSelector": {"tier": "2"}, "tolerations": [{"key": "tier", "operator": "Gt",
