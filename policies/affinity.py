@@ -20,6 +20,8 @@ from policies.placement import spot_reach
 from policies.pods import JSONObject, json_copy
 from policies.selectors import parse_term, raw_required_terms
 
+PREFERRED = "preferredDuringSchedulingIgnoredDuringExecution"
+
 
 def _node_affinity(spec: JSONObject) -> JSONObject | None:
     """``spec.affinity.nodeAffinity``, created if absent; None where a field is mistyped."""
@@ -95,14 +97,19 @@ def exclude_spot(spec: JSONObject, policy: Policy) -> list[JSONObject]:
 
 
 def add_preferred_terms(spec: JSONObject, terms: list[JSONObject]) -> list[JSONObject]:
-    """Append preferred terms whose expressions are not already preferred; return those added."""
-    current = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
-        "preferredDuringSchedulingIgnoredDuringExecution"
-    ) or []
+    """Append preferred terms whose expressions are not already preferred; return those
+    added (none where the affinity is mistyped: it is left for the API server to reject)."""
+    affinity = spec.get("affinity")
+    node_affinity = affinity.get("nodeAffinity") if isinstance(affinity, dict) else None
+    current = node_affinity.get(PREFERRED) if isinstance(node_affinity, dict) else None
+    current = [] if current is None else current
+    if not isinstance(current, list) or not all(isinstance(t, dict) for t in current):
+        return []
     present = [
         expression
         for term in current
-        for expression in ((term.get("preference") or {}).get("matchExpressions") or [])
+        if isinstance(term.get("preference"), dict)
+        for expression in (term["preference"].get("matchExpressions") or [])
     ]
     new = [
         term
@@ -113,5 +120,5 @@ def add_preferred_terms(spec: JSONObject, terms: list[JSONObject]) -> list[JSONO
         node_affinity = _node_affinity(spec)
         if node_affinity is None:
             return []
-        node_affinity["preferredDuringSchedulingIgnoredDuringExecution"] = current + json_copy(new)
+        node_affinity[PREFERRED] = current + json_copy(new)
     return new

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from policies.affinity import and_into_required_terms, exclude_spot
+from policies.affinity import add_preferred_terms, and_into_required_terms, exclude_spot
 from policies.loader import default_policy, parse_policy_text
 from policies.model import Policy
 from policies.placement import Node, can_reach_spot, fits, spot_reach, spot_selection
@@ -149,6 +149,22 @@ def test_terms_that_match_nothing_and_invalid_affinity_stay_as_they_are(
     assert exclude_spot(spec, DEFAULT) == []
     requirement = {"key": "CriticalAddonsOnly", "operator": "DoesNotExist"}
     assert and_into_required_terms(spec, [requirement]) == []
+    assert spec == before
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"affinity": "x"},
+        {"affinity": {"nodeAffinity": []}},
+        {"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": {}}}},
+        {"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [1]}}},
+    ],
+)
+def test_mistyped_affinity_gets_no_preferred_terms(spec: dict[str, Any]) -> None:
+    before = json_copy(spec)
+    term = {"weight": 1, "preference": {"matchExpressions": [expr(EKS, "In", "SPOT")]}}
+    assert add_preferred_terms(spec, [term]) == []
     assert spec == before
 
 
