@@ -111,7 +111,8 @@ def version_ldflags(version: str) -> list[str]:
     return flags
 
 
-def _go() -> str:
+def go_command() -> str:
+    """The ``go`` executable on PATH, or a one-line :class:`BuildError`."""
     go = shutil.which("go")
     if go is None:
         raise BuildError(
@@ -121,11 +122,11 @@ def _go() -> str:
     return go
 
 
-def go_version(go: str) -> str:
-    """The version of the Go toolchain that builds this module (honours GOTOOLCHAIN)."""
+def go_version(go: str, module_dir: Path = MODULE_DIR) -> str:
+    """The version of the Go toolchain that builds ``module_dir`` (honours GOTOOLCHAIN)."""
     result = subprocess.run(
         [go, "env", "GOVERSION"],
-        cwd=MODULE_DIR,
+        cwd=module_dir,
         capture_output=True,
         text=True,
         check=False,
@@ -156,7 +157,7 @@ def _log(out: TextIO, start: float, message: str) -> None:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def build_lock(path: Path) -> Iterator[None]:
     """Serialise concurrent builds (two pytest sessions, say) on one lock file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
@@ -285,13 +286,13 @@ def ensure_binaries(out: TextIO | None = None, force: bool = False) -> Path:
         if missing:
             raise BuildError(f"${BIN_ENV}={bin_dir} lacks {', '.join(missing)}")
         return bin_dir
-    go = _go()
+    go = go_command()
     version = kubernetes_version()
     key_dir = cache_root() / "controlplane" / build_key(go_version(go))
     bin_dir = key_dir / "bin"
     if not force and (key_dir / "complete").is_file():
         return bin_dir
-    with _locked(key_dir.parent / f"{key_dir.name}.lock"):
+    with build_lock(key_dir.parent / f"{key_dir.name}.lock"):
         if not force and (key_dir / "complete").is_file():
             return bin_dir  # another process built it while we waited
         start = time.monotonic()
