@@ -1,16 +1,18 @@
 """The install manifests in deploy/: what `kubectl apply -k` gives a platform team.
 
-Three layers of checks:
+deploy/base is a kustomize Component that every provider overlay (deploy/overlays/<provider>)
+completes with its spot presets; options are components (tests/e2e/test_kustomize_options.py
+composes them). Three layers of checks:
 
-- Every kustomization (the base and each overlay) passes a server-side dry run against
-  the real API server of the session's control plane. Two things are created for real
-  first: the Namespace, because a server-side dry run of namespaced objects in a namespace
-  that does not exist yet fails with "namespaces ... not found" (a dry-run Namespace is
-  never stored), and stand-ins for cert-manager's two CRDs (tests/e2e/crds/), which the
-  cert-manager overlay's objects need.
-- The rendered base (`kubectl kustomize`, parsed here) has the properties promised:
-  replicas, hardening, probes, resources, the Secret's items, the PDB, the exact RBAC.
-- On a private control plane with the whole base applied for real, the certificate job's
+- Every provider overlay (and deploy/kind) passes a server-side dry run against the real
+  API server of the session's control plane. Two things are created for real first: the
+  Namespace, because a server-side dry run of namespaced objects in a namespace that does
+  not exist yet fails with "namespaces ... not found" (a dry-run Namespace is never
+  stored), and stand-ins for the CRDs the components' objects need (tests/e2e/crds/).
+- The rendered install (`kubectl kustomize deploy/overlays/eks`, parsed here) has the
+  properties promised: replicas, hardening, probes, resources, the Secret's items, the
+  PDB, the exact RBAC; the other providers differ from it in the policy's presets only.
+- On a private control plane with the eks overlay applied for real, the certificate job's
   command and the server's command run under their own ServiceAccounts' tokens: the RBAC
   is enough for what they do (including the ConfigMap watch, restricted by resourceNames
   through the metadata.name field selector) and refuses what they do not need.
@@ -41,15 +43,21 @@ from devtools.server import REPO, free_port
 from policies.loader import default_document, parse_policy_text
 from policies.model import Mode
 from policies.presets import PRESETS
+from tests.e2e.rendering import PROVIDERS, compose, find, keyed, kustomize, policy_of
+from webhook.cli import package_version
 
 pytestmark = pytest.mark.e2e
 
 Manifest = dict[str, Any]
 
 NAMESPACE = "spotguard-system"
-OVERLAYS = ("eks", "gke", "aks", "audit", "cert-manager")
-KUSTOMIZATIONS = ("deploy/base", *(f"deploy/overlays/{name}" for name in OVERLAYS))
+KUSTOMIZATIONS = (*(f"deploy/overlays/{name}" for name in PROVIDERS), "deploy/kind")
+#: The provider overlay the structural and live tests install.
+INSTALL = "deploy/overlays/eks"
 CRDS = REPO / "tests" / "e2e" / "crds"
+#: Stand-ins for the CRDs of the components' objects (cert-manager, Prometheus Operator).
+STAND_IN_CRDS = (CRDS / "cert-manager.yaml", CRDS / "prometheus-operator.yaml")
+IMAGE = f"spotguard:{package_version()}"
 SERVICE_HOST = f"spotguard.{NAMESPACE}.svc"  # the name the API server verifies
 SERVER_SA = f"system:serviceaccount:{NAMESPACE}:spotguard"
 CERTS_SA = f"system:serviceaccount:{NAMESPACE}:spotguard-certs"
@@ -128,19 +136,7 @@ CERT_JOB_OBJECTS = {
 # -- rendering ---------------------------------------------------------------------------
 
 
-def render(cluster: ControlPlane, path: str) -> list[Manifest]:
-    result = cluster.kubectl("kustomize", str(REPO / path), check=True)
-    return [document for document in yaml.safe_load_all(result.stdout) if document]
-
-
-def find(documents: list[Manifest], kind: str, name: str) -> Manifest:
-    matches = [d for d in documents if d["kind"] == kind and d["metadata"]["name"] == name]
-    assert len(matches) == 1, f"expected one {kind}/{name}, found {len(matches)}"
-    return matches[0]
-
-
-def keyed(documents: list[Manifest]) -> dict[tuple[str, str], Manifest]:
-    return {(d["kind"], d["metadata"]["name"]): d for d in documents}
+render = kustomize
 
 
 def pod_templates(documents: list[Manifest]) -> dict[str, Manifest]:
@@ -155,14 +151,10 @@ def pod_templates(documents: list[Manifest]) -> dict[str, Manifest]:
     return templates
 
 
-def policy_of(documents: list[Manifest]) -> str:
-    text: str = find(documents, "ConfigMap", "spotguard-policy")["data"]["policy.yaml"]
-    return text
-
-
 @pytest.fixture(scope="module")
 def base(cluster: ControlPlane) -> list[Manifest]:
-    return render(cluster, "deploy/base")
+    """The base as a provider overlay installs it (eks)."""
+    return render(cluster, INSTALL)
 
 
 # -- server-side dry run --------------------------------------------------------------------
@@ -173,16 +165,20 @@ def prepared(cluster: ControlPlane, base: list[Manifest]) -> Iterator[ControlPla
     """The cluster with what a dry run cannot create itself: the Namespace and the CRDs."""
     namespace = find(base, "Namespace", NAMESPACE)
     cluster.kubectl("apply", "-f", "-", input=json.dumps(namespace), check=True)
-    cluster.kubectl("apply", "-f", str(CRDS), check=True)
+    for crds in STAND_IN_CRDS:
+        cluster.kubectl("apply", "-f", str(crds), check=True)
     cluster.kubectl(
         "wait", "--for=condition=Established", "--timeout=30s",
         "crd/certificates.cert-manager.io", "crd/issuers.cert-manager.io",
+        "crd/podmonitors.monitoring.coreos.com", "crd/servicemonitors.monitoring.coreos.com",
+        "crd/prometheusrules.monitoring.coreos.com",
         check=True,
     )  # fmt: skip
     yield cluster
     # The stand-in CRDs go; the Namespace stays (other tests never use it, and a
     # namespace being deleted cannot be created again until it is gone).
-    cluster.kubectl("delete", "-f", str(CRDS), "--wait=false", "--ignore-not-found")
+    for crds in STAND_IN_CRDS:
+        cluster.kubectl("delete", "-f", str(crds), "--wait=false", "--ignore-not-found")
 
 
 @pytest.mark.parametrize("path", KUSTOMIZATIONS)
@@ -229,7 +225,7 @@ def check_hardened_pod(name: str, template: Manifest, service_account: str) -> N
         context = container["securityContext"]
         for key, value in SECURE_CONTAINER.items():
             assert context[key] == value, f"{name}: securityContext.{key}"
-        assert container["image"] == "spotguard:dev"
+        assert container["image"] == IMAGE  # spotguard's version (tests/test_versions.py)
         assert {"requests", "limits"} <= set(container["resources"]), name
         for section in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(container["resources"][section]), name
@@ -392,38 +388,51 @@ def test_policy_configmap_has_a_stable_name_and_a_valid_policy(base: list[Manife
     assert NAMESPACE in policy.exclude_namespaces
 
 
+def test_the_base_alone_refuses_to_guess_a_provider(cluster: ControlPlane) -> None:
+    """Every preset at once would give each fault-tolerant pod the shortest notice window
+    (GKE's 15 s on EKS): the base does not build without a provider overlay."""
+    result = cluster.kubectl("kustomize", str(REPO / "deploy/base"))
+    assert result.returncode != 0
+    assert "spotguard-provider" in result.stderr and "data.presets" in result.stderr
+
+
 @pytest.mark.parametrize(
-    ("overlay", "mode", "presets"),
+    ("overlay", "presets"),
     [
-        ("eks", Mode.ENFORCE, ("eks", "karpenter")),
-        ("gke", Mode.ENFORCE, ("gke",)),
-        ("aks", Mode.ENFORCE, ("aks",)),
-        ("audit", Mode.AUDIT, ("eks", "karpenter", "gke", "aks", "generic")),
+        ("eks", ("eks", "karpenter")),
+        ("gke", ("gke",)),
+        ("aks", ("aks",)),
+        ("generic", ("generic",)),
     ],
 )
-def test_policy_overlays_change_only_the_policy(
-    cluster: ControlPlane,
-    base: list[Manifest],
-    overlay: str,
-    mode: Mode,
-    presets: tuple[str, ...],
+def test_provider_overlays_differ_in_the_presets_only(
+    cluster: ControlPlane, base: list[Manifest], overlay: str, presets: tuple[str, ...]
 ) -> None:
     documents = render(cluster, f"deploy/overlays/{overlay}")
     policy = parse_policy_text(policy_of(documents))
-    assert policy.mode is mode
+    assert policy.mode is Mode.ENFORCE
+    assert tuple(yaml.safe_load(policy_of(documents))["spotNodes"]["presets"]) == presets
     wanted = {(label.key, label.values) for name in presets for label in PRESETS[name].labels}
     assert {(label.key, label.values) for label in policy.spot_labels} == wanted
+    # One provider's window, not the shortest of every preset's.
     usable = default_document()["spotNodes"]["usableNoticeSeconds"]
-    assert policy.notice_seconds == min(usable[PRESETS[name].provider] for name in presets)
+    assert policy.notice_seconds == usable[PRESETS[presets[0]].provider]
+    assert {PRESETS[name].provider for name in presets} == {PRESETS[presets[0]].provider}
+    # The policy text differs in its presets line (line 5) and nowhere else.
+    lines, base_lines = policy_of(documents).split("\n"), policy_of(base).split("\n")
+    assert [i for i, (a, b) in enumerate(zip(lines, base_lines, strict=True)) if a != b] in (
+        [],
+        [4],
+    )
     changed = {key for key, value in keyed(documents).items() if keyed(base).get(key) != value}
-    assert changed == {("ConfigMap", "spotguard-policy")}
+    assert changed <= {("ConfigMap", "spotguard-policy")}
     assert len(documents) == len(base)
 
 
-def test_cert_manager_overlay_replaces_the_cert_job(
-    cluster: ControlPlane, base: list[Manifest]
+def test_cert_manager_component_replaces_the_cert_job(
+    cluster: ControlPlane, base: list[Manifest], tmp_path: Path
 ) -> None:
-    documents = keyed(render(cluster, "deploy/overlays/cert-manager"))
+    documents = keyed(render(cluster, compose(tmp_path, "eks", ("cert-manager",))))
     base_objects = keyed(base)
     assert not CERT_JOB_OBJECTS & set(documents)
     assert set(base_objects) >= CERT_JOB_OBJECTS
@@ -509,7 +518,7 @@ def live(
     plane.start()
     try:
         # A real apply creates the Namespace before the objects in it.
-        plane.kubectl("apply", "-k", str(REPO / "deploy/base"), check=True)
+        plane.kubectl("apply", "-k", str(REPO / INSTALL), check=True)
         yield Live(plane, base, workdir)
     finally:
         plane.stop()
