@@ -73,3 +73,13 @@ def test_raw_manifests_leave_the_tag_to_kustomize() -> None:
         for image in images_in(document)
     ]
     assert images and set(images) == {"spotguard"}
+
+
+def test_helm_chart_carries_the_version() -> None:
+    chart = yaml_documents(DEPLOY / "helm" / "spotguard" / "Chart.yaml")[0]
+    assert chart["version"] == project_version()
+    assert chart["appVersion"] == project_version()
+    values = yaml_documents(DEPLOY / "helm" / "spotguard" / "values.yaml")[0]
+    assert values["image"]["tag"] == ""  # the image tag defaults to appVersion
+    helpers = (DEPLOY / "helm" / "spotguard" / "templates" / "_helpers.tpl").read_text()
+    assert ".Values.image.tag | default .Chart.AppVersion" in helpers

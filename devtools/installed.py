@@ -1,0 +1,209 @@
+"""Play the kubelet for spotguard as installed in a local control plane (Helm or kustomize).
+
+The test control plane has no kubelet to run the image, so this runs what the installed
+objects say, on this machine, the way a node would:
+
+- the certificate Job's container arguments, as the Job's ServiceAccount (a token of it);
+- the Deployment's container arguments, as the Deployment's ServiceAccount, with the TLS
+  Secret's files kept in sync like a mounted Secret (devtools.secret_sync), listening on
+  the Service's ClusterIP and port, so the API server reaches it through the Service
+  exactly as the webhook registrations say (kube-apiserver resolves a webhook's Service to
+  its ClusterIP). This needs a control plane whose service CIDR is on loopback:
+  :func:`loopback_service_cidr` gives one for ``ControlPlane(extra_apiserver_args=...)``.
+
+Only the addresses (the bind address, the metrics port, the runtime and certificate
+directories) differ from what the pod runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import random
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from controlplane.harness import ControlPlane
+from devtools.secret_sync import SecretSync
+from devtools.server import REPO, free_port
+
+Manifest = dict[str, Any]
+
+
+def loopback_service_cidr() -> str:
+    """A /24 of 127.0.0.0/8 for Service ClusterIPs, random so that parallel runs differ."""
+    return f"127.{random.randint(100, 250)}.{random.randint(0, 255)}.0/24"
+
+
+def kubeconfig_for(plane: ControlPlane, namespace: str, account: str, directory: Path) -> Path:
+    """A kubeconfig holding a one-hour token of ServiceAccount ``namespace/account``."""
+    token = plane.kubectl(
+        "create", "token", account, "-n", namespace, "--duration=1h", check=True
+    ).stdout.strip()
+    path = directory / f"{namespace}.{account}.kubeconfig"
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "plane",
+                "cluster": {"server": plane.server, "certificate-authority": str(plane.ca_file)},
+            }
+        ],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": account, "context": {"cluster": "plane", "user": account}}],
+        "current-context": account,
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def get(plane: ControlPlane, kind: str, name: str, namespace: str | None = None) -> Manifest:
+    args = ["get", kind, name, "-o", "json"] + (["-n", namespace] if namespace else [])
+    document: Manifest = json.loads(plane.kubectl(*args, check=True).stdout)
+    return document
+
+
+def run_job(
+    plane: ControlPlane, namespace: str, job: Manifest, workdir: Path
+) -> subprocess.CompletedProcess[str]:
+    """The Job's one container's command (the image's entrypoint is `spotguard`), as the
+    Job's ServiceAccount."""
+    spec = job["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    kubeconfig = kubeconfig_for(plane, namespace, spec["serviceAccountName"], workdir)
+    return subprocess.run(
+        [sys.executable, "-m", "webhook", *container["args"], "--kubeconfig", str(kubeconfig)],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+class PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to ``address`` while verifying the certificate for ``server_name``, as the API
+    server does when it calls a Service."""
+
+    def __init__(self, address: str, port: int, server_name: str, context: ssl.SSLContext):
+        super().__init__(server_name, port, timeout=5, context=context)
+        self._address = address
+        self._tls = context
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
+
+
+@dataclass
+class ServedDeployment:
+    """The Deployment's server, running here."""
+
+    process: subprocess.Popen[bytes]
+    address: str
+    port: int
+    server_name: str
+    metrics_port: int
+    log_file: Path
+    secret_sync: SecretSync
+    context: ssl.SSLContext
+
+    def readyz(self) -> Manifest | None:
+        """The /readyz body (None while it does not answer)."""
+        if self.process.poll() is not None:
+            raise RuntimeError(f"spotguard serve exited:\n{self.log_file.read_text()}")
+        connection = PinnedHTTPSConnection(self.address, self.port, self.server_name, self.context)
+        try:
+            connection.request("GET", "/readyz")
+            body: Manifest = json.loads(connection.getresponse().read())
+            return body
+        except OSError:
+            return None
+        finally:
+            connection.close()
+
+    def wait_ready(self, timeout: float = 30.0) -> Manifest:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            body = self.readyz()
+            if body and body.get("status") == "ready":
+                return body
+            time.sleep(0.2)
+        raise TimeoutError(f"spotguard serve not ready in {timeout:.0f} s: {self.log_file}")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (the graceful path), then SIGKILL to the whole process group."""
+        self.secret_sync.stop()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def serve_deployment(
+    plane: ControlPlane, namespace: str, name: str, workdir: Path, *, service: str | None = None
+) -> ServedDeployment:
+    """Run Deployment ``name``'s server as its pod would, reachable through Service
+    ``service`` (default: the same name): bound to its ClusterIP and its https port."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    pod = get(plane, "deployment", name, namespace)["spec"]["template"]["spec"]
+    svc = get(plane, "service", service or name, namespace)
+    address = svc["spec"]["clusterIP"]
+    port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "https")
+    (volume,) = [v for v in pod["volumes"] if "secret" in v]
+    certs = workdir / "certs"
+    sync = SecretSync(plane, namespace, volume["secret"]["secretName"], certs)
+    deadline = time.monotonic() + 30
+    while not sync.sync_once():  # the pod waits for its Secret, as a kubelet would
+        if time.monotonic() > deadline:
+            raise TimeoutError("the TLS Secret was never filled: did the certificate Job run?")
+        time.sleep(0.2)
+    sync.start()
+
+    metrics_port = free_port()
+    local = {
+        "--bind": f"{address}:{port}",
+        "--metrics-bind": f"127.0.0.1:{metrics_port}",
+        "--cert-dir": str(certs),
+        "--runtime-dir": str(workdir / "run"),
+    }
+    args = list(pod["containers"][0]["args"])
+    for index, arg in enumerate(args[:-1]):
+        args[index + 1] = local.get(arg, args[index + 1])
+    kubeconfig = kubeconfig_for(plane, namespace, pod["serviceAccountName"], workdir)
+    command = [sys.executable, "-m", "webhook", *args, "--kubeconfig", str(kubeconfig),
+               "--workers", "1", "--shutdown-delay", "0"]  # fmt: skip
+    log_file = workdir / "serve.log"
+    with log_file.open("wb") as output:
+        process = subprocess.Popen(
+            command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    # Trust exactly what the API server trusts: the validating webhook's caBundle.
+    configs = plane.kubectl("get", "validatingwebhookconfiguration", "-o", "json", check=True)
+    bundles = [
+        hook["clientConfig"]["caBundle"]
+        for config in json.loads(configs.stdout)["items"]
+        for hook in config["webhooks"]
+        if hook["clientConfig"].get("service", {}).get("namespace") == namespace
+        and hook["clientConfig"].get("caBundle")
+    ]
+    if not bundles:
+        process.terminate()
+        sync.stop()
+        raise RuntimeError("no webhook registration with a caBundle points at this namespace")
+    context = ssl.create_default_context(cadata=base64.b64decode(bundles[0]).decode())
+    server_name = f"{svc['metadata']['name']}.{namespace}.svc"
+    return ServedDeployment(
+        process, address, port, server_name, metrics_port, log_file, sync, context
+    )
