@@ -1,5 +1,7 @@
-"""`helm install`, `helm upgrade` and `helm uninstall` of the chart on a real control plane,
-with the webhook answering `kubectl apply` through the Service the chart registers.
+"""A fresh install on a real control plane, the way a user does it, with the webhook
+answering `kubectl apply` through the Service the manifests register: `helm install`,
+`helm upgrade` and `helm uninstall` of the chart, and one `kubectl apply -k` of a
+provider overlay.
 
 The control plane has no kubelet to run the image, so devtools.installed plays one: it runs
 the certificate Job's command and the Deployment's server with their own ServiceAccounts'
@@ -8,7 +10,7 @@ Service's ClusterIP and port (the control plane's service CIDR is on loopback fo
 The API server resolves the registration's Service to that address and verifies the
 certificate against the caBundle the Job wrote, as in a cluster.
 
-One lifecycle, in order:
+The Helm lifecycle, in order:
 1. `helm install` in audit mode (the README's first rollout): the Job fills the Secret and
    the caBundle, the server comes up; `kubectl apply` of a pod that tolerates spot without
    being fault-tolerant is admitted with spotguard's audit warning.
@@ -17,11 +19,15 @@ One lifecycle, in order:
    fault-tolerant pod is mutated.
 3. `helm uninstall`: nothing of spotguard's is left in the cluster, and the pod is admitted
    with no word from spotguard.
+
+kustomize: `kubectl apply -k deploy/overlays/eks`, the Job's command, the server: the same
+pod is denied, a training pod gets AWS's window.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +39,7 @@ from controlplane.harness import ControlPlane
 from devtools.installed import ServedDeployment, get, loopback_service_cidr, run_job
 from devtools.installed import serve_deployment as serve
 from devtools.server import REPO
-from tests.e2e.rendering import CHART, helm, helm_binary
+from tests.e2e.rendering import CHART, DEPLOY, helm, helm_binary
 from webhook.cli import package_version
 
 pytestmark = pytest.mark.e2e
@@ -80,26 +86,28 @@ class Cluster:
         return str(job["metadata"]["name"]) + ": " + result.stdout
 
 
-@pytest.fixture(scope="module")
-def helm_cluster(
-    tmp_path_factory: pytest.TempPathFactory, cluster: ControlPlane
-) -> Iterator[Cluster]:
-    """A private control plane (the session's has its own spotguard registered) whose
+def private_plane(workdir: Path, bin_dir: Path) -> ControlPlane:
+    """A control plane of its own (the session's has its own spotguard registered) whose
     Service ClusterIPs are loopback addresses; no controllers: nothing runs Jobs or pods."""
-    helm_bin = helm_binary()
-    workdir = tmp_path_factory.mktemp("helm-install")
     plane = ControlPlane(
         workdir / "plane",
-        bin_dir=cluster.bin_dir,
+        bin_dir=bin_dir,
         controllers=False,
         scheduler=False,
         nodes=False,
         extra_apiserver_args=[f"--service-cluster-ip-range={loopback_service_cidr()}"],
     )
     plane.start()
+    return plane
+
+
+@pytest.fixture
+def helm_cluster(tmp_path: Path, cluster: ControlPlane) -> Iterator[Cluster]:
+    helm_bin = helm_binary()
+    plane = private_plane(tmp_path, cluster.bin_dir)
     try:
         plane.ensure_namespace(TEAM)
-        yield Cluster(plane, helm_bin, workdir)
+        yield Cluster(plane, helm_bin, tmp_path)
     finally:
         plane.stop()
 
@@ -227,3 +235,48 @@ def test_install_audit_upgrade_enforce_uninstall(helm_cluster: Cluster) -> None:
     assert leftovers(helm_cluster.plane) == []
     code, output = helm_cluster.dry_run(WEB_ON_SPOT)
     assert code == 0 and "Warning" not in output, output
+
+
+def privileged_ports_problem() -> str | None:
+    """Why this process cannot listen on port 443, or None."""
+    start = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+    unprivileged = int(start.read_text()) if start.exists() else 1024
+    if os.geteuid() == 0 or unprivileged <= 443:
+        return None
+    return (
+        "the kustomize Service listens on 443, and this user may not bind ports below "
+        f"{unprivileged} (run as root, or lower net.ipv4.ip_unprivileged_port_start)"
+    )
+
+
+def test_kubectl_apply_k_installs_a_working_webhook(tmp_path: Path, cluster: ControlPlane) -> None:
+    problem = privileged_ports_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    plane = private_plane(tmp_path, cluster.bin_dir)
+    try:
+        plane.ensure_namespace(TEAM)
+        installed = Cluster(plane, Path("helm-not-used"), tmp_path)
+        applied = plane.kubectl("apply", "-k", str(DEPLOY / "overlays" / "eks"))
+        assert applied.returncode == 0, applied.stderr
+        assert "deployment.apps/spotguard created" in applied.stdout
+        job = get(plane, "job", "spotguard-certs", NAMESPACE)
+        ran = run_job(plane, NAMESPACE, job, tmp_path)
+        assert ran.returncode == 0 and "wrote secret" in ran.stdout, ran.stdout + ran.stderr
+        served = serve(plane, NAMESPACE, "spotguard", tmp_path / "server")
+        try:
+            served.wait_ready()
+
+            def denied() -> bool:
+                code, output = installed.dry_run(WEB_ON_SPOT)
+                return code != 0 and "denied the request" in output
+
+            wait_for("the API server calling spotguard", denied)
+            code, output = installed.dry_run(TRAINING_POD)
+            assert code == 0, output
+            mutated = json.loads(output[output.index("{") :])
+            assert mutated["spec"]["terminationGracePeriodSeconds"] == 110
+        finally:
+            served.stop()
+    finally:
+        plane.stop()
