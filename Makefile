@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint unit e2e controlplane tools bench clean
+.PHONY: setup demo demo-helm test lint unit e2e controlplane tools bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ tools: setup  ## build helm and promtool from Go modules (cached)
 
 demo: controlplane  ## local demo: a real control plane, the webhook, the examples
 	$(BIN)/python -m devtools.demo
+
+demo-helm: controlplane tools  ## helm install (audit), upgrade (enforce) and uninstall on a local control plane
+	$(BIN)/python -m devtools.demo_helm
 
 lint: setup  ## ruff and mypy --strict
 	$(BIN)/ruff check .

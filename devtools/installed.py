@@ -46,6 +46,24 @@ def loopback_service_cidr() -> str:
     return f"127.{random.randint(100, 250)}.{random.randint(0, 255)}.0/24"
 
 
+def privileged_ports_problem() -> str | None:
+    """Why this process cannot listen on port 443 (the Services' https port), or None."""
+    start = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+    unprivileged = int(start.read_text()) if start.exists() else 1024
+    if os.geteuid() == 0 or unprivileged <= 443:
+        return None
+    return (
+        f"this user may not listen on ports below {unprivileged} (run as root, or lower "
+        "net.ipv4.ip_unprivileged_port_start)"
+    )
+
+
+def service_port_flags() -> list[str]:
+    """Helm flags for the chart's Service port: the default 443 where this process may
+    listen on it, else a free high port (the API server calls whatever the chart says)."""
+    return [] if privileged_ports_problem() is None else ["--set", f"service.port={free_port()}"]
+
+
 def kubeconfig_for(plane: ControlPlane, namespace: str, account: str, directory: Path) -> Path:
     """A kubeconfig holding a one-hour token of ServiceAccount ``namespace/account``."""
     token = plane.kubectl(
@@ -207,3 +225,17 @@ def serve_deployment(
     return ServedDeployment(
         process, address, port, server_name, metrics_port, log_file, sync, context
     )
+
+
+def spotguard_objects(plane: ControlPlane, namespace: str) -> list[str]:
+    """Every object of spotguard's in the cluster: its namespace's contents (Events aside,
+    which expire on their own) and cluster-scoped objects named for it."""
+    cluster_scoped = plane.kubectl(
+        "get", "mutatingwebhookconfigurations,validatingwebhookconfigurations,clusterroles,"
+        "clusterrolebindings,customresourcedefinitions", "-o", "name", check=True,
+    ).stdout.split()  # fmt: skip
+    namespaced = plane.kubectl(
+        "get", "all,configmaps,secrets,serviceaccounts,roles,rolebindings,resourcequotas,"
+        "poddisruptionbudgets,networkpolicies", "-n", namespace, "-o", "name", check=True,
+    ).stdout.split()  # fmt: skip
+    return [name for name in cluster_scoped if "spotguard" in name] + namespaced

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 import yaml
 
 from controlplane.harness import ControlPlane
+from devtools.helmcli import CHART, run_helm
 from devtools.server import REPO
 
 Manifest = dict[str, Any]
@@ -61,7 +61,6 @@ def policy_of(documents: list[Manifest]) -> str:
 
 # -- the Helm chart ---------------------------------------------------------------------
 
-CHART = DEPLOY / "helm" / "spotguard"
 #: Each kustomize provider overlay's presets, as the chart's `providers` value.
 PROVIDER_VALUES = {
     "eks": ["eks", "karpenter"],
@@ -111,25 +110,8 @@ def helm(
     values: dict[str, Any] | None = None,
     kubeconfig: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run helm with ``values`` (a values file made of them), no repositories, no cache;
-    against the cluster of ``kubeconfig`` if given."""
-    with tempfile.TemporaryDirectory(prefix="spotguard-helm-") as home:
-        command = [str(helm_bin), *args]
-        if values is not None:
-            values_file = Path(home) / "values.yaml"
-            values_file.write_text(yaml.safe_dump(values))
-            command += ["--values", str(values_file)]
-        env = {
-            **os.environ,
-            "HELM_CACHE_HOME": f"{home}/cache",
-            "HELM_CONFIG_HOME": f"{home}/config",
-            "HELM_DATA_HOME": f"{home}/data",
-        }
-        if kubeconfig is not None:
-            env["KUBECONFIG"] = str(kubeconfig)
-        return subprocess.run(
-            command, env=env, capture_output=True, text=True, timeout=120, check=False
-        )
+    """helm with ``values``, no repositories or cache, against ``kubeconfig``'s cluster."""
+    return run_helm(helm_bin, *args, values=values, kubeconfig=kubeconfig)
 
 
 def helm_template(

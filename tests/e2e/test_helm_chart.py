@@ -30,13 +30,13 @@ import pytest
 import yaml
 
 from controlplane.harness import ControlPlane
+from devtools.helmcli import CHART
 from policies.loader import default_document, parse_policy_text
 from policies.model import Mode, Rule
 from policies.operators import OPERATOR_PRESETS
 from policies.presets import PRESETS
 from policies.workloads import webhook_rules
 from tests.e2e.rendering import (
-    CHART,
     COMPONENT_VALUES,
     COMPONENTS,
     DEPLOY,

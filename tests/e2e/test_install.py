@@ -27,7 +27,6 @@ pod is denied, a training pod gets AWS's window.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,10 +35,19 @@ from pathlib import Path
 import pytest
 
 from controlplane.harness import ControlPlane
-from devtools.installed import ServedDeployment, get, loopback_service_cidr, run_job
+from devtools.helmcli import CHART
+from devtools.installed import (
+    ServedDeployment,
+    get,
+    loopback_service_cidr,
+    privileged_ports_problem,
+    run_job,
+    service_port_flags,
+    spotguard_objects,
+)
 from devtools.installed import serve_deployment as serve
 from devtools.server import REPO
-from tests.e2e.rendering import CHART, DEPLOY, helm, helm_binary
+from tests.e2e.rendering import DEPLOY, helm, helm_binary
 from webhook.cli import package_version
 
 pytestmark = pytest.mark.e2e
@@ -47,7 +55,7 @@ pytestmark = pytest.mark.e2e
 NAMESPACE = "spotguard-system"
 RELEASE = "spotguard"
 TEAM = "team-ml"
-WEB_ON_SPOT = Path(__file__).parent / "manifests" / "web-on-eks-spot.yaml"
+WEB_ON_SPOT = REPO / "examples" / "web-on-eks-spot.yaml"
 TRAINING_POD = REPO / "examples" / "training-pod.yaml"
 AUDIT_WARNING = "Warning: spotguard audit [spot-requires-fault-tolerance]"
 
@@ -130,25 +138,12 @@ def ca_bundles(plane: ControlPlane) -> list[str]:
     return bundles
 
 
-def leftovers(plane: ControlPlane) -> list[str]:
-    """Every object of spotguard's still in the cluster (Events expire on their own)."""
-    cluster_scoped = plane.kubectl(
-        "get", "mutatingwebhookconfigurations,validatingwebhookconfigurations,clusterroles,"
-        "clusterrolebindings,customresourcedefinitions", "-o", "name", check=True,
-    ).stdout.split()  # fmt: skip
-    namespaced = plane.kubectl(
-        "get", "all,configmaps,secrets,serviceaccounts,roles,rolebindings,resourcequotas,"
-        "poddisruptionbudgets,networkpolicies", "-n", NAMESPACE, "-o", "name", check=True,
-    ).stdout.split()  # fmt: skip
-    return [name for name in cluster_scoped if "spotguard" in name] + namespaced
-
-
 def install_in_audit_mode(cluster: Cluster) -> list[str]:
     """helm install, then the Job's command; returns the caBundles it wrote."""
     plane = cluster.plane
     notes = cluster.helm(
         "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--create-namespace",
-        "--set", "providers={eks,karpenter}", "--set", "mode=audit",
+        "--set", "providers={eks,karpenter}", "--set", "mode=audit", *service_port_flags(),
     )  # fmt: skip
     assert "STATUS: deployed" in notes
     installed = f"spotguard {package_version()} is installed in namespace {NAMESPACE}"
@@ -220,7 +215,9 @@ def test_install_audit_upgrade_enforce_uninstall(helm_cluster: Cluster) -> None:
     finally:
         served.stop()
 
-    before = set(leftovers(helm_cluster.plane))  # what uninstall must remove: the check sees it
+    before = set(
+        spotguard_objects(helm_cluster.plane, NAMESPACE)
+    )  # what uninstall must remove: the check sees it
     assert {
         "mutatingwebhookconfiguration.admissionregistration.k8s.io/spotguard",
         "clusterrole.rbac.authorization.k8s.io/spotguard-certs",
@@ -232,27 +229,15 @@ def test_install_audit_upgrade_enforce_uninstall(helm_cluster: Cluster) -> None:
     } <= before, before
     uninstalled = helm_cluster.helm("uninstall", RELEASE, "--namespace", NAMESPACE)
     assert f'release "{RELEASE}" uninstalled' in uninstalled
-    assert leftovers(helm_cluster.plane) == []
+    assert spotguard_objects(helm_cluster.plane, NAMESPACE) == []
     code, output = helm_cluster.dry_run(WEB_ON_SPOT)
     assert code == 0 and "Warning" not in output, output
-
-
-def privileged_ports_problem() -> str | None:
-    """Why this process cannot listen on port 443, or None."""
-    start = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
-    unprivileged = int(start.read_text()) if start.exists() else 1024
-    if os.geteuid() == 0 or unprivileged <= 443:
-        return None
-    return (
-        "the kustomize Service listens on 443, and this user may not bind ports below "
-        f"{unprivileged} (run as root, or lower net.ipv4.ip_unprivileged_port_start)"
-    )
 
 
 def test_kubectl_apply_k_installs_a_working_webhook(tmp_path: Path, cluster: ControlPlane) -> None:
     problem = privileged_ports_problem()
     if problem is not None:
-        pytest.skip(problem)
+        pytest.skip(f"the kustomize Service listens on 443, and {problem}")
     plane = private_plane(tmp_path, cluster.bin_dir)
     try:
         plane.ensure_namespace(TEAM)
