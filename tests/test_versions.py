@@ -10,6 +10,7 @@ was missed.
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import subprocess
 import sys
 import tomllib
@@ -83,3 +84,19 @@ def test_helm_chart_carries_the_version() -> None:
     assert values["image"]["tag"] == ""  # the image tag defaults to appVersion
     helpers = (DEPLOY / "helm" / "spotguard" / "templates" / "_helpers.tpl").read_text()
     assert ".Values.image.tag | default .Chart.AppVersion" in helpers
+
+
+def test_changelog_names_the_version_as_the_newest_release() -> None:
+    headings = re.findall(r"^## \[([^\]]+)\]", (REPO / "CHANGELOG.md").read_text(), re.M)
+    assert headings[0] == "Unreleased"
+    assert headings[1] == project_version()
+
+
+DOCUMENTS = ("Dockerfile", "README.md", "deploy/README.md", "deploy/helm/spotguard/README.md")
+
+
+def test_documented_image_tags_are_the_version() -> None:
+    """Commands in the docs (docker build -t spotguard:X.Y.Z, ...) say the version too."""
+    for name in DOCUMENTS:
+        tags = re.findall(r"spotguard:(\d+\.\d+\.\d+\S*)", (REPO / name).read_text())
+        assert set(tags) <= {project_version()}, f"{name}: {sorted(set(tags))}"
