@@ -22,12 +22,12 @@ import http.client
 import json
 import os
 import random
-import signal
 import socket
 import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ import yaml
 
 from controlplane.harness import ControlPlane
 from devtools.secret_sync import SecretSync
-from devtools.server import REPO, free_port
+from devtools.server import REPO, free_port, stop_process_group
 
 Manifest = dict[str, Any]
 
@@ -148,40 +148,54 @@ class ServedDeployment:
         finally:
             connection.close()
 
-    def wait_ready(self, timeout: float = 30.0) -> Manifest:
+    def wait_until(
+        self, condition: Callable[[Manifest], bool], what: str, timeout: float = 30.0
+    ) -> Manifest:
+        """The first /readyz body that meets ``condition``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             body = self.readyz()
-            if body and body.get("status") == "ready":
+            if body and condition(body):
                 return body
             time.sleep(0.2)
-        raise TimeoutError(f"spotguard serve not ready in {timeout:.0f} s: {self.log_file}")
+        raise TimeoutError(f"/readyz: {what} not within {timeout:.0f} s; log {self.log_file}")
+
+    def wait_for_state(self, key: str, timeout: float = 30.0) -> Manifest:
+        """The /readyz body once ``key`` is set in it."""
+        return self.wait_until(lambda body: bool(body.get(key)), key, timeout)
+
+    def wait_ready(self, timeout: float = 30.0) -> Manifest:
+        return self.wait_until(lambda body: body.get("status") == "ready", "ready", timeout)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM (the graceful path), then SIGKILL to the whole process group."""
         self.secret_sync.stop()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_process_group(self.process, timeout)
 
 
 def serve_deployment(
-    plane: ControlPlane, namespace: str, name: str, workdir: Path, *, service: str | None = None
+    plane: ControlPlane,
+    namespace: str,
+    name: str,
+    workdir: Path,
+    *,
+    service: str | None = None,
+    bind: tuple[str, int] | None = None,
 ) -> ServedDeployment:
     """Run Deployment ``name``'s server as its pod would, reachable through Service
-    ``service`` (default: the same name): bound to its ClusterIP and its https port."""
+    ``service`` (default: the same name): bound to its ClusterIP and its https port, or to
+    ``bind``. Its Secret volume's items are the files it gets, kept in sync."""
     workdir.mkdir(parents=True, exist_ok=True)
     pod = get(plane, "deployment", name, namespace)["spec"]["template"]["spec"]
     svc = get(plane, "service", service or name, namespace)
     address = svc["spec"]["clusterIP"]
     port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "https")
+    if bind is not None:
+        address, port = bind
     (volume,) = [v for v in pod["volumes"] if "secret" in v]
+    items = volume["secret"].get("items")
+    files = {item["key"]: item["path"] for item in items} if items else None
     certs = workdir / "certs"
-    sync = SecretSync(plane, namespace, volume["secret"]["secretName"], certs)
+    sync = SecretSync(plane, namespace, volume["secret"]["secretName"], certs, files)
     deadline = time.monotonic() + 30
     while not sync.sync_once():  # the pod waits for its Secret, as a kubelet would
         if time.monotonic() > deadline:

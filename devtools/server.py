@@ -67,15 +67,19 @@ class RunningServer:
         raise TimeoutError(f"policy revision {revision} not in force after {timeout:.0f} s")
 
     def stop(self, timeout: float = 40.0) -> None:
-        """SIGTERM (the graceful path), then SIGKILL to the whole process group: a killed
-        master must not leave workers behind still answering the API server."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_process_group(self.process, timeout)
+
+
+def stop_process_group(process: subprocess.Popen[bytes], timeout: float = 40.0) -> None:
+    """SIGTERM (the graceful path), then SIGKILL to the whole process group: a killed
+    master must not leave workers behind still answering the API server."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def start_server(

@@ -20,21 +20,25 @@ skip building altogether.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import os
 import re
-import shutil
-import subprocess
 import sys
-import threading
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from controlplane.build import BuildError, build_lock, cache_root, go_command, go_version
+from controlplane.build import (
+    Binary,
+    BuildError,
+    GoBuild,
+    build_cached,
+    build_main,
+    cache_root,
+    go_build,
+    go_command,
+    go_version,
+    prebuilt,
+)
 
 #: Bump when this script changes how binaries are built (flags, tags, set of binaries).
 BUILD_SCRIPT_VERSION = "1"
@@ -44,17 +48,9 @@ BIN_ENV = "SPOTGUARD_TOOLS_BIN"
 BUILD_TAGS = "remove_all_sd"
 
 
-@dataclass(frozen=True)
-class Tool:
-    """One binary: its file name and the Go package that is its main."""
-
-    name: str
-    package: str
-
-
-TOOLS: tuple[Tool, ...] = (
-    Tool("helm", "helm.sh/helm/v3/cmd/helm"),
-    Tool("promtool", "github.com/prometheus/prometheus/cmd/promtool"),
+TOOLS: tuple[Binary, ...] = (
+    Binary("helm", "helm.sh/helm/v3/cmd/helm"),
+    Binary("promtool", "github.com/prometheus/prometheus/cmd/promtool"),
 )
 
 
@@ -100,96 +96,29 @@ def build_key(go_ver: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _log(out: TextIO, start: float, message: str) -> None:
-    print(f"[tools build {time.monotonic() - start:6.1f}s] {message}", file=out, flush=True)
-
-
-def run_go_build(go: str, out_dir: Path, out: TextIO) -> None:
-    """Build every binary in :data:`TOOLS` into ``out_dir`` with one ``go build``."""
-    start = time.monotonic()
-    ldflags = " ".join(["-s", "-w", *version_ldflags()])
-    command = [go, "build", "-v", "-trimpath", "-buildvcs=false", "-tags", BUILD_TAGS,
-               "-ldflags", ldflags, "-o", str(out_dir) + os.sep,
-               *[tool.package for tool in TOOLS]]  # fmt: skip
-    _log(out, start, f"go build {', '.join(t.name for t in TOOLS)} into {out_dir}")
-    process = subprocess.Popen(
-        command, cwd=MODULE_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    assert process.stdout is not None  # stdout=PIPE
-    counted = {"packages": 0}
-    tail: list[str] = []
-    done = threading.Event()
-
-    def heartbeat() -> None:
-        while not done.wait(15.0):
-            _log(out, start, f"{counted['packages']} packages compiled")
-
-    threading.Thread(target=heartbeat, daemon=True).start()
-    try:
-        for line in process.stdout:
-            if re.fullmatch(r"[\w.\-/~+]+", line.strip()):
-                counted["packages"] += 1
-            else:
-                tail = [*tail[-39:], line.rstrip("\n")]
-        code = process.wait()
-    finally:
-        done.set()
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    if code != 0:
-        print("\n".join(tail), file=out)
-        raise BuildError(f"go build failed with exit code {code} (output above)")
-    _log(out, start, f"done: {counted['packages']} packages compiled")
-
-
 def ensure_tools(out: TextIO | None = None, force: bool = False) -> Path:
     """The directory holding ``helm`` and ``promtool``, building them first if needed."""
     stream = out if out is not None else sys.stderr
-    prebuilt = os.environ.get(BIN_ENV)
-    if prebuilt:
-        bin_dir = Path(prebuilt).expanduser().resolve()
-        missing = [t.name for t in TOOLS if not (bin_dir / t.name).is_file()]
-        if missing:
-            raise BuildError(f"${BIN_ENV}={bin_dir} lacks {', '.join(missing)}")
-        return bin_dir
+    given = prebuilt(BIN_ENV, [tool.name for tool in TOOLS])
+    if given is not None:
+        return given
     go = go_command()
     key_dir = cache_root() / "tools" / build_key(go_version(go, MODULE_DIR))
-    bin_dir = key_dir / "bin"
-    if not force and (key_dir / "complete").is_file():
-        return bin_dir
-    with build_lock(key_dir.parent / f"{key_dir.name}.lock"):
-        if not force and (key_dir / "complete").is_file():
-            return bin_dir  # another process built it while we waited
-        staging = key_dir / f"bin.tmp-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        try:
-            run_go_build(go, staging, stream)
-            (key_dir / "complete").unlink(missing_ok=True)
-            shutil.rmtree(bin_dir, ignore_errors=True)
-            staging.rename(bin_dir)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        (key_dir / "complete").write_text("\n".join(version_ldflags()) + "\n", encoding="utf-8")
-    return bin_dir
+    ldflags = ("-s", "-w", *version_ldflags())
+    build = GoBuild("tools", MODULE_DIR, TOOLS, ldflags, BUILD_TAGS)
+    stamp = "\n".join(ldflags) + "\n"
+    return build_cached(key_dir, lambda staging: go_build(build, go, staging, stream), stamp,
+                        force=force)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tools.build",
-        description="Build helm and promtool from the Go modules pinned in tools/go.mod "
-        "(cached); print the bin directory.",
+    return build_main(
+        "python -m tools.build",
+        "Build helm and promtool from the Go modules pinned in tools/go.mod (cached); print "
+        "the bin directory.",
+        ensure_tools,
+        argv,
     )
-    parser.add_argument("--force", action="store_true", help="rebuild even if cached")
-    args = parser.parse_args(argv)
-    try:
-        bin_dir = ensure_tools(force=args.force)
-    except BuildError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(bin_dir)
-    return 0
 
 
 if __name__ == "__main__":

@@ -20,13 +20,7 @@ composes them). Three layers of checks:
 
 from __future__ import annotations
 
-import base64
-import http.client
 import json
-import os
-import signal
-import socket
-import ssl
 import subprocess
 import sys
 import time
@@ -39,6 +33,7 @@ import pytest
 import yaml
 
 from controlplane.harness import ControlPlane
+from devtools.installed import ServedDeployment, kubeconfig_for, serve_deployment
 from devtools.server import REPO, free_port
 from policies.loader import default_document, parse_policy_text
 from policies.model import Mode
@@ -469,28 +464,7 @@ class Live:
 
     def kubeconfig_for(self, account: str) -> Path:
         """A kubeconfig holding a token of ServiceAccount ``account``."""
-        token = self.plane.kubectl(
-            "create", "token", account, "-n", NAMESPACE, "--duration=1h", check=True
-        ).stdout.strip()
-        path = self.workdir / f"{account}.kubeconfig"
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "plane",
-                    "cluster": {
-                        "server": self.plane.server,
-                        "certificate-authority": str(self.plane.ca_file),
-                    },
-                }
-            ],
-            "users": [{"name": account, "user": {"token": token}}],
-            "contexts": [{"name": account, "context": {"cluster": "plane", "user": account}}],
-            "current-context": account,
-        }
-        path.write_text(yaml.safe_dump(config))
-        return path
+        return kubeconfig_for(self.plane, NAMESPACE, account, self.workdir)
 
     def can(self, user: str, verb: str, resource: str, namespace: str = NAMESPACE) -> bool:
         result = self.plane.kubectl("auth", "can-i", verb, resource, "-n", namespace, "--as", user)
@@ -568,20 +542,6 @@ def test_cert_job_identity_can_do_its_work_and_nothing_else(
         assert not live.can(CERTS_SA, verb, resource), f"spotguard-certs may {verb} {resource}"
 
 
-class PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """HTTPS to ``address`` while verifying the certificate for ``server_name``, as the API
-    server does when it calls the Service."""
-
-    def __init__(self, address: str, port: int, server_name: str, context: ssl.SSLContext):
-        super().__init__(server_name, port, timeout=5, context=context)
-        self._address = address
-        self._tls = context
-
-    def connect(self) -> None:
-        sock = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
-
-
 def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -592,88 +552,24 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
     raise TimeoutError(f"{what}: not within {timeout:.0f} s")
 
 
-def stop(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    """SIGTERM (the graceful path), then SIGKILL to the whole process group."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-@dataclass
-class Served:
-    """``spotguard serve`` with the Deployment's arguments, the files its Secret volume
-    mounts, and the server ServiceAccount's token, checked the way the API server would."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    log_file: Path
-    context: ssl.SSLContext
-
-    def readyz(self) -> Manifest | None:
-        if self.process.poll() is not None:
-            raise AssertionError(f"spotguard serve exited:\n{self.log_file.read_text()}")
-        connection = PinnedHTTPSConnection("127.0.0.1", self.port, SERVICE_HOST, self.context)
-        try:
-            connection.request("GET", "/readyz")
-            body: Manifest = json.loads(connection.getresponse().read())
-            return body
-        except OSError:
-            return None
-        finally:
-            connection.close()
-
-    def wait_for_state(self, key: str, timeout: float = 20) -> Manifest:
-        """The /readyz body once ``key`` is set in it."""
-        state: Manifest = wait_for(lambda: (s := self.readyz()) and s.get(key) and s, timeout, key)
-        return state
-
-
 @pytest.fixture
 def served(
     live: Live, certificates: subprocess.CompletedProcess[str], tmp_path: Path
-) -> Iterator[Served]:
+) -> Iterator[ServedDeployment]:
+    """``spotguard serve`` with the Deployment's arguments, the files its Secret volume
+    mounts, and the server ServiceAccount's token, checked the way the API server would
+    (devtools.installed)."""
     assert certificates.returncode == 0, certificates.stdout + certificates.stderr
-    pod = find(live.documents, "Deployment", "spotguard")["spec"]["template"]["spec"]
-    # The Secret's files as the kubelet mounts them: only the volume's items.
-    secret = live.get("secret", "spotguard-tls")
-    (volume,) = [v for v in pod["volumes"] if "secret" in v]
-    cert_dir = tmp_path / "certs"
-    cert_dir.mkdir()
-    for item in volume["secret"]["items"]:
-        (cert_dir / item["path"]).write_bytes(base64.b64decode(secret["data"][item["key"]]))
-    assert sorted(p.name for p in cert_dir.iterdir()) == ["tls.crt", "tls.key"]
-
-    # The Deployment's own arguments, with local addresses and directories.
-    port = free_port()
-    local = {
-        "--bind": f"127.0.0.1:{port}",
-        "--metrics-bind": f"127.0.0.1:{free_port()}",
-        "--cert-dir": str(cert_dir),
-        "--runtime-dir": str(tmp_path / "run"),
-    }
-    args = list(pod["containers"][0]["args"])
-    for index, arg in enumerate(args[:-1]):
-        args[index + 1] = local.get(arg, args[index + 1])
-    kubeconfig = live.kubeconfig_for("spotguard")
-    command = [sys.executable, "-m", "webhook", *args, "--kubeconfig", str(kubeconfig),
-               "--workers", "1", "--shutdown-delay", "0"]  # fmt: skip
-    log_file = tmp_path / "serve.log"
-    with log_file.open("wb") as output:
-        process = subprocess.Popen(
-            command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    # Trust exactly what the API server trusts: the caBundle the cert job wrote.
-    webhook = live.get("validatingwebhookconfiguration", "spotguard")["webhooks"][0]
-    ca_bundle = base64.b64decode(webhook["clientConfig"]["caBundle"]).decode()
+    server = serve_deployment(
+        live.plane, NAMESPACE, "spotguard", tmp_path, bind=("127.0.0.1", free_port())
+    )
+    # Only the serving pair, as the volume's items say: never the CA's key.
+    assert sorted(p.name for p in (tmp_path / "certs").iterdir()) == ["tls.crt", "tls.key"]
     try:
-        yield Served(process, port, log_file, ssl.create_default_context(cadata=ca_bundle))
+        yield server
     finally:
-        stop(process)
-    log = log_file.read_text()
+        server.stop()
+    log = server.log_file.read_text()
     assert "Forbidden" not in log and "failed: 403" not in log, log
 
 
@@ -684,7 +580,9 @@ def set_policy(live: Live, text: str) -> None:
     )
 
 
-def test_server_identity_can_watch_its_policy_and_record_events(live: Live, served: Served) -> None:
+def test_server_identity_can_watch_its_policy_and_record_events(
+    live: Live, served: ServedDeployment
+) -> None:
     state = served.wait_for_state("policyRevision", timeout=30)
     assert state["policyRevision"] == parse_policy_text(policy_of(live.documents)).revision
 
