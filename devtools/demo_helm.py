@@ -12,15 +12,14 @@ chart's Service. Everything it starts is stopped at the end.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from controlplane.build import ensure_binaries
 from controlplane.harness import ControlPlane
+from devtools.demo import demo_main, heading, say
 from devtools.helmcli import CHART, run_helm
 from devtools.installed import (
     loopback_service_cidr,
@@ -37,14 +36,6 @@ TEAM = "team-ml"
 RELEASE = "spotguard"
 ASKS_FOR_SPOT = REPO / "examples" / "web-on-eks-spot.yaml"
 TRAINING_POD = REPO / "examples" / "training-pod.yaml"
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
-
-
-def heading(text: str) -> None:
-    say(f"\n=== {text} " + "=" * max(0, 70 - len(text)))
 
 
 def indented(text: str) -> None:
@@ -159,19 +150,7 @@ def steps(demo: Demo) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m devtools.demo_helm", description=__doc__)
-    parser.add_argument(
-        "--workdir", type=Path, help="keep logs here (default: a temporary directory)"
-    )
-    args = parser.parse_args(argv)
-    started = time.monotonic()
-    if args.workdir:
-        run(args.workdir.resolve())
-    else:
-        with tempfile.TemporaryDirectory(prefix="spotguard-demo-helm-") as tmp:
-            run(Path(tmp))
-    say(f"\ndemo finished in {time.monotonic() - started:.1f} s; everything it started is stopped")
-    return 0
+    return demo_main(run, "python -m devtools.demo_helm", __doc__, argv)
 
 
 if __name__ == "__main__":
