@@ -116,7 +116,9 @@ def start_server(
             try:
                 if session.get(server.url + "/readyz", timeout=1).status_code == 200:
                     return server
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
+                # Not listening yet, or too busy starting to finish a TLS handshake within
+                # the second (a loaded CI machine): ask again until ready_timeout.
                 time.sleep(0.1)
     server.stop()
     raise RuntimeError(f"webhook not ready in {ready_timeout:.0f} s; log {log_file}")
