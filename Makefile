@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint unit e2e controlplane bench clean
+.PHONY: setup host-packages demo drill test lint unit e2e controlplane bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv and install spotguard with its dev tools
+
+host-packages:  ## Debian packages: hook shells, containerd, runc, CNI plugins (only if missing)
+	sh devtools/install-host-packages.sh
 
 controlplane: setup  ## build kube-apiserver, etcd, ... from Go modules (cached)
 	$(BIN)/python -m controlplane.build
@@ -25,7 +28,7 @@ lint: setup  ## ruff and mypy --strict
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint controlplane  ## everything CI runs: lint, unit, HTTP/TLS and end-to-end tests
+test: lint host-packages controlplane  ## everything CI runs: lint, unit, HTTP/TLS and end-to-end tests
 	$(BIN)/pytest
 
 bench: setup  ## webhook throughput and latency over real gunicorn and TLS

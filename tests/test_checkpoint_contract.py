@@ -5,6 +5,11 @@ the kubelet runs it: a process with the container's env, SIGTERM to the trainer 
 the hook has returned, SIGKILL when the grace period is over. The trainer is
 ``examples/train_tiny.py`` (plain Python); it logs every completed step, so a lost step
 shows as a gap between the first run's log and the resumed run's.
+
+The hook runs under every shell users' images have (dash, busybox, bash, and whatever
+``/bin/sh`` is here): `make host-packages` installs them, so in CI no shell case skips.
+What the hook does under each shell and each set of tools is stated once, in
+tests/hook_behaviour.py.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +31,7 @@ from devtools.reviews import training_pod
 from policies.decisions import PodContext
 from policies.loader import default_policy
 from policies.mutate import mutate_pod
+from tests.hook_behaviour import Behaviour, HookResult, HookRunner, Tools, check_behaviour
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "examples" / "train_tiny.py"
@@ -53,25 +59,65 @@ def injected_hook() -> list[str]:
     return [str(part) for part in command]
 
 
-def _shells() -> list[object]:
-    busybox = shutil.which("busybox")
-    return [
-        pytest.param("injected", id="injected-bin-sh"),
-        pytest.param(
-            "busybox",
-            id="busybox-sh",
-            marks=pytest.mark.skipif(busybox is None, reason="busybox is not installed"),
-        ),
-    ]
+INSTALL_HINT = "`make host-packages` (devtools/install-host-packages.sh) installs it"
+
+#: Asks a shell which of `date` and `sleep` (fractions, or whole seconds) it can run.
+_TOOLS_PROBE = (
+    "date +%s >/dev/null 2>&1 && d=1; "
+    "if sleep 0.01 2>/dev/null; then s=f; elif sleep 0 2>/dev/null; then s=w; fi; "
+    "echo ${d:-0}${s:-0}"
+)
+_PROBED_TOOLS = {
+    "1f": Tools.FULL,
+    "1w": Tools.WHOLE_SECONDS,
+    "0f": Tools.SLEEP_ONLY,
+    "0w": Tools.SLEEP_ONLY,
+    "10": Tools.DATE_ONLY,
+    "00": Tools.NEITHER,
+}
 
 
-def hook_argv(shell: str) -> list[str]:
+@dataclass(frozen=True)
+class Shell:
+    """A shell the injected hook may run under: ``argv`` replaces the hook's ``/bin/sh``."""
+
+    name: str
+    argv: tuple[str, ...]
+
+    def tools(self, path: str) -> Tools:
+        """What this shell can run as ``date`` and ``sleep`` with ``path`` as its PATH.
+
+        Programs on PATH, or the shell's own applets: busybox's shell (built with
+        FEATURE_SH_STANDALONE, as Debian's busybox-static is) runs its ``date`` and
+        ``sleep`` applets whatever PATH says. Asked of the shell, not assumed.
+        """
+        result = subprocess.run(
+            [*self.argv, "-c", _TOOLS_PROBE], env={"PATH": path}, capture_output=True,
+            text=True, timeout=10, check=True,
+        )  # fmt: skip
+        return _PROBED_TOOLS[result.stdout.strip()]
+
+
+def _shell_param(name: str, program: str, *args: str) -> object:
+    found = shutil.which(program)
+    reason = f"{program} is not installed here; {INSTALL_HINT}"
+    marks = [pytest.mark.skipif(found is None, reason=reason)]
+    return pytest.param(Shell(name, (found or program, *args)), id=name, marks=marks)
+
+
+#: Each shell by name; SHELLS adds the hook exactly as injected (this machine's /bin/sh).
+NAMED_SHELLS = [
+    _shell_param("dash", "dash"),
+    _shell_param("bash", "bash"),
+    _shell_param("busybox-sh", "busybox", "sh"),
+]
+SHELLS = [pytest.param(Shell("injected-bin-sh", ("/bin/sh",)), id="injected-bin-sh"), *NAMED_SHELLS]
+
+
+def hook_argv(shell: Shell) -> list[str]:
     command = injected_hook()
-    if shell == "busybox":
-        busybox = shutil.which("busybox")
-        assert busybox is not None
-        return [busybox, "sh", *command[1:]]
-    return command
+    assert command[0] == "/bin/sh"
+    return [*shell.argv, *command[1:]]
 
 
 @dataclass
@@ -157,6 +203,19 @@ class Pod:
         )
         return completed.returncode, time.monotonic() - started
 
+    def hook_runner(self, shell: Shell) -> HookRunner:
+        """Runs the injected hook under ``shell`` with the container's env (plus overrides)."""
+
+        def run(extra: Mapping[str, str]) -> HookResult:
+            started = time.time()
+            completed = subprocess.run(
+                hook_argv(shell), env=self.env(**extra), cwd="/", stdin=subprocess.DEVNULL,
+                capture_output=True, timeout=TIMEOUT + RESERVE + 5, check=False,
+            )  # fmt: skip
+            return HookResult(completed.returncode, started, time.time())
+
+        return run
+
     def terminate(self, process: subprocess.Popen[bytes], budget: float) -> int | None:
         """SIGTERM, then the exit status if the process ends within ``budget`` seconds."""
         process.send_signal(signal.SIGTERM)
@@ -232,8 +291,8 @@ def assert_contiguous(numbers: list[int], first: int, last: int) -> None:
     assert numbers == list(range(first, last + 1)), f"expected {first}..{last}: {numbers}"
 
 
-@pytest.mark.parametrize("shell", _shells())
-def test_prestop_then_sigterm_loses_no_step(pod: Pod, shell: str, reference: str) -> None:
+@pytest.mark.parametrize("shell", SHELLS)
+def test_prestop_then_sigterm_loses_no_step(pod: Pod, shell: Shell, reference: str) -> None:
     trainer = pod.start(
         1, "--steps", str(TOTAL), "--step-seconds", STEP_SECONDS, "--every-steps", "10"
     )
@@ -365,34 +424,83 @@ def test_sigterm_without_prestop_saves_once_and_exits(pod: Pod, reference: str) 
     assert final_weights(pod.events(2)) == reference
 
 
-@pytest.mark.parametrize("shell", _shells())
-def test_hook_without_sleep_or_date_returns_at_once(pod: Pod, shell: str, tmp_path: Path) -> None:
-    """Only shell builtins: the request is written, the trainer finishes on SIGTERM."""
-    trainer = pod.start(1, "--steps", str(TOTAL), "--step-seconds", STEP_SECONDS)
-    pod.wait_for(1, "step 5")
+@pytest.mark.parametrize("behaviour", list(Behaviour), ids=lambda b: b.name.lower())
+@pytest.mark.parametrize("shell", SHELLS)
+def test_hook_behaviour_under_every_shell(pod: Pod, shell: Shell, behaviour: Behaviour) -> None:
+    """Request, wait, ack, timeout, no-op, exit 0: the same under every shell."""
+    assert shell.tools(os.environ["PATH"]) is Tools.FULL
+    check_behaviour(behaviour, pod.hook_runner(shell), pod.checkpoints, HOST, Tools.FULL)
+
+
+def _toolbox(root: Path, name: str) -> Path:
+    """A PATH directory holding only some of the tools the hook uses."""
+    box = root / f"tools-{name}"
+    box.mkdir()
+    date, sleep = shutil.which("date"), shutil.which("sleep")
+    assert date is not None and sleep is not None
+    if name in ("date-only", "whole-seconds"):
+        (box / "date").symlink_to(date)
+    if name == "sleep-only":
+        (box / "sleep").symlink_to(sleep)
+    if name == "whole-seconds":  # a sleep that takes whole seconds only, as some have
+        script = box / "sleep"
+        script.write_text(
+            "#!/bin/sh\n"
+            "case $1 in *[!0-9]*) echo \"sleep: invalid time '$1'\" >&2; exit 1 ;; esac\n"
+            f'exec {sleep} "$1"\n'
+        )
+        script.chmod(0o755)
+    return box
+
+
+#: What a shell without applets can run with each toolbox as its PATH.
+_TOOLBOX_TOOLS = {
+    "empty": Tools.NEITHER,
+    "date-only": Tools.DATE_ONLY,
+    "sleep-only": Tools.SLEEP_ONLY,
+    "whole-seconds": Tools.WHOLE_SECONDS,
+}
+
+
+@pytest.mark.parametrize("behaviour", [Behaviour.ACK, Behaviour.TIMEOUT], ids=["ack", "timeout"])
+@pytest.mark.parametrize("toolbox", list(_TOOLBOX_TOOLS))
+@pytest.mark.parametrize("shell", NAMED_SHELLS)
+def test_hook_uses_date_and_sleep_when_the_shell_can_run_them(
+    pod: Pod, shell: Shell, toolbox: str, behaviour: Behaviour, tmp_path: Path
+) -> None:
+    """PATH holds only some tools: the hook does what the shell can still run.
+
+    dash and bash with an empty PATH really lack `date` and `sleep` (the request goes
+    out without a deadline and the hook returns at once); busybox's shell still runs its
+    applets, so under busybox the hook keeps its deadline and its polling.
+    """
+    path = str(_toolbox(tmp_path, toolbox))
+    tools = shell.tools(path)
+    applets = shell.name == "busybox-sh"
+    assert tools is (Tools.FULL if applets else _TOOLBOX_TOOLS[toolbox]), tools
+    run = pod.hook_runner(shell)
+    check_behaviour(behaviour, run, pod.checkpoints, HOST, tools, env={"PATH": path})
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_real_trainer_with_an_empty_path(pod: Pod, shell: Shell, tmp_path: Path) -> None:
+    """No PATH at all: the request still reaches the real trainer, which saves once."""
     bare = tmp_path / "empty-path"
     bare.mkdir()
+    tools = shell.tools(str(bare))
+    trainer = pod.start(1, "--steps", str(TOTAL), "--step-seconds", STEP_SECONDS)
+    pod.wait_for(1, "step 5")
 
     status, took = pod.run_hook(hook_argv(shell), PATH=str(bare))
     assert status == 0
-    assert took < 0.5
+    assert took < 1.0
     request = (pod.checkpoints / ".spotguard-preempt").read_text()
-    assert "\ndeadline=\n" in request  # no date: no deadline
-
-    pod.wait_for(1, r"save \d+ preempted")  # the trainer still honours the request
+    assert ("\ndeadline=\n" in request) is not tools.has_date, (tools, request)
+    pod.wait_for(1, r"save \d+ preempted")  # honoured, with or without a deadline
+    assert (pod.checkpoints / ".spotguard-ack").exists() or not tools.waits
     assert pod.terminate(trainer, RESERVE) == 143, pod.stderr(1)
     first = pod.events(1)
     assert saves(first) == [(steps(first)[-1], "preempted")]
-
-
-@pytest.mark.parametrize("shell", _shells())
-def test_hook_is_a_no_op_without_a_listening_trainer(pod: Pod, shell: str) -> None:
-    """A trainer that only handles SIGTERM keeps the whole grace period for it."""
-    pod.checkpoints.mkdir()
-    status, took = pod.run_hook(hook_argv(shell))
-    assert status == 0
-    assert took < 0.5
-    assert list(pod.checkpoints.iterdir()) == []
 
 
 def test_hook_survives_a_missing_directory_and_a_bad_timeout(pod: Pod) -> None:
