@@ -126,8 +126,10 @@ class ScriptedTrainer:
             end = time.monotonic() + timeout
             path = self.directory / REQUEST
             while time.monotonic() < end:
-                # The shell creates the file, then printf fills it: wait for a whole one.
-                if path.exists() and path.read_text().endswith("\n"):
+                # The shell creates the file, then printf fills it (under bash, one
+                # write per line): wait for the last line.
+                text = path.read_text() if path.exists() else ""
+                if text.endswith("\n") and "\nhost=" in text:
                     self.request = Request.read(path)
                     time.sleep(delay)
                     self._write(ACK, f"{self.request.id}\n")

@@ -214,6 +214,24 @@ def test_an_incomplete_request_is_reread(tmp_path: Path, monkeypatch: pytest.Mon
     assert ckpt.request.id == "late"
 
 
+def test_a_request_written_line_by_line_is_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bash's printf writes one line at a time: a first line alone is not the request."""
+    ckpt = make(tmp_path)
+    path = tmp_path / REQUEST_FILE
+    lines = iter(["id=bash.7.100\ndeadline=130\n", "id=bash.7.100\ndeadline=130\nhost=trainer-0\n"])
+    path.write_text("id=bash.7.100\n")
+
+    def next_line_meanwhile(seconds: float) -> None:
+        path.write_text(next(lines))
+
+    monkeypatch.setattr(time, "sleep", next_line_meanwhile)
+    assert ckpt.poll(force=True)
+    assert ckpt.request is not None
+    assert (ckpt.request.deadline, ckpt.request.host) == (130.0, "trainer-0")
+
+
 @pytest.mark.parametrize(
     ("case", "stale"),
     [("acknowledged", True), ("expired", True), ("no date, old", True), ("current", False)],

@@ -357,13 +357,15 @@ class Checkpointer:
     def _read_request(self) -> PreemptionRequest | None:
         path = self.directory / REQUEST_FILE
         text = ""
-        for _ in range(5):  # the hook writes it in one write(2); an empty read is a race
+        # The shell creates the file, then printf fills it: in one write(2) under dash and
+        # busybox, one write per line under bash. Complete once the last line (host=) is in.
+        for _ in range(5):
             try:
                 text = path.read_text("utf-8", errors="replace")
                 written = path.stat().st_mtime
             except OSError:
                 return None
-            if text.endswith("\n") and "id=" in text:
+            if text.endswith("\n") and "\nhost=" in text:
                 break
             time.sleep(0.01)
         fields: dict[str, str] = {}
