@@ -56,6 +56,8 @@ BINARIES: tuple[Binary, ...] = (
     Binary("kube-scheduler", "k8s.io/kubernetes/cmd/kube-scheduler"),
     Binary("kubectl", "k8s.io/kubernetes/cmd/kubectl"),
     Binary("kwok", "sigs.k8s.io/kwok/cmd/kwok"),
+    # The node agent for the harness's real nodes (controlplane/kubelet.py).
+    Binary("kubelet", "k8s.io/kubernetes/cmd/kubelet"),
 )
 
 #: kwok stage definitions copied from the kwok module next to the binaries
@@ -319,9 +321,8 @@ def kwok_stages_dir(bin_dir: Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m controlplane.build",
-        description="Build etcd, kube-apiserver, kube-controller-manager, "
-        "kube-scheduler, "
-        "kubectl and kwok from the pinned Go modules; print the bin directory.",
+        description="Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, "
+        "kubectl, kwok and kubelet from the pinned Go modules; print the bin directory.",
     )
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
     args = parser.parse_args(argv)
