@@ -305,6 +305,20 @@ def test_sigterm_only_sets_a_flag_then_one_save_and_exit(tmp_path: Path) -> None
     assert time.monotonic() - started < 0.1  # SIGTERM already here: nothing to wait for
 
 
+def test_a_trainer_that_does_not_announce_itself_saves_on_sigterm(tmp_path: Path) -> None:
+    """announce=False: no listener file (the hook leaves it alone), SIGTERM still saves."""
+    ckpt = make(tmp_path, every_steps=100)
+    ckpt.listen(announce=False)
+    assert not (tmp_path / LISTENER_FILE).exists()
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.01)
+    assert ckpt.should_checkpoint(7)
+    ckpt.save(7, b"7")
+    assert ckpt.should_stop()
+    assert ckpt.finish() == PREEMPTED_EXIT_CODE
+    assert [c.step for c in ckpt.checkpoints()] == [7]
+
+
 def test_finish_waits_for_the_sigterm_that_follows_the_hook(tmp_path: Path) -> None:
     ckpt = make(tmp_path, sigterm_reserve=5)
     ckpt.listen()

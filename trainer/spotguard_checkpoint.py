@@ -173,9 +173,11 @@ class Checkpointer:
 
     # -- startup -------------------------------------------------------------------------
 
-    def listen(self, *, handle_sigterm: bool = True) -> None:
+    def listen(self, *, handle_sigterm: bool = True, announce: bool = True) -> None:
         """Start honouring the contract: SIGTERM flag, stale-file cleanup, listener file.
 
+        With ``announce=False`` no listener file is written: the preStop hook then returns
+        at once and the trainer saves on SIGTERM alone, with the whole grace period.
         Call it from the main thread (Python delivers signals there only).
         """
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -183,9 +185,10 @@ class Checkpointer:
             signal.signal(signal.SIGTERM, self._on_sigterm)
         self._forget_stale_request()
         self._remove_abandoned_temp_files()
-        content = f"{self.host}\npid={self._pid}\nversion={PROTOCOL_VERSION}\n"
-        self._write_atomically(LISTENER_FILE, content.encode())
-        self._listening = True
+        if announce:
+            content = f"{self.host}\npid={self._pid}\nversion={PROTOCOL_VERSION}\n"
+            self._write_atomically(LISTENER_FILE, content.encode())
+            self._listening = True
 
     def resume(self) -> Checkpoint | None:
         """The checkpoint to resume from (``SPOTGUARD_RESUME``: latest or none), or None."""
