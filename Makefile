@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup host-packages demo drill test lint unit e2e controlplane bench clean
+.PHONY: setup host-packages demo drill images test lint unit e2e controlplane bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,12 @@ host-packages:  ## Debian packages: hook shells, containerd, runc, CNI plugins (
 
 controlplane: setup  ## build kube-apiserver, etcd, ... from Go modules (cached)
 	$(BIN)/python -m controlplane.build
+
+images: setup  ## pause and trainer images (OCI archives) from Debian packages (cached)
+	$(BIN)/python -m controlplane.images
+
+drill: host-packages controlplane images  ## real kubelets preempt a training Job: timelines, claims checked
+	$(BIN)/python -m devtools.drill
 
 demo: controlplane  ## local demo: a real control plane, the webhook, the examples
 	$(BIN)/python -m devtools.demo

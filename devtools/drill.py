@@ -70,10 +70,8 @@ SPOT_NODES = {n.name for n in REAL_NODES if n.spot}
 STEPS_BEFORE_NOTICE = 35
 
 NOTICES = {
-    "eviction": "{node} cordoned and {pod} evicted through the Eviction API "
-    "(as Node Termination Handler and Karpenter drain)",
-    "taint": "{node} tainted aws-node-termination-handler/spot-itn:NoExecute "
-    "(Node Termination Handler with taintEffect NoExecute)",
+    "eviction": "{node} cordoned, {pod} evicted (Eviction API, as NTH and Karpenter drain)",
+    "taint": "{node} tainted aws-node-termination-handler/spot-itn:NoExecute (NTH's taint)",
 }
 
 
@@ -197,10 +195,9 @@ class Drill:
         env = {e["name"]: e.get("value") for e in container.get("env", [])}
         annotations = pod.obj["metadata"].get("annotations") or {}
         self.say(
-            f"{pod.name} on {pod.node}: mutated by spotguard: terminationGracePeriodSeconds "
-            f"{spec.get('terminationGracePeriodSeconds')}, preStop hook, "
-            f"SPOTGUARD_PRESTOP_TIMEOUT_SECONDS={env.get('SPOTGUARD_PRESTOP_TIMEOUT_SECONDS')}, "
-            f"SPOTGUARD_SIGTERM_RESERVE_SECONDS={env.get('SPOTGUARD_SIGTERM_RESERVE_SECONDS')}"
+            f"{pod.name} on {pod.node}, as spotguard mutated it: grace period "
+            f"{spec.get('terminationGracePeriodSeconds')} s, preStop hook with "
+            f"SPOTGUARD_PRESTOP_TIMEOUT_SECONDS={env.get('SPOTGUARD_PRESTOP_TIMEOUT_SECONDS')}"
         )
         outcome.claims.append(
             checks.Claim(
@@ -313,6 +310,12 @@ class Drill:
         self.say(f"\npreemption by {p.kind}: seconds from the notice")
         for line in format_timeline(p, text):
             self.say(line)
+        waited = p.between("exited", "created")
+        if waited is not None and waited > 5:
+            self.say(
+                f"  (the Job controller's pod-failure backoff: {waited:.1f} s; it counts the "
+                "failures podFailurePolicy ignores)"
+            )
         claims = checks.common_claims(p, SPOT_NODES)
         if variant.name == "honours-hook":
             claims += checks.cooperative_claims(p)

@@ -69,7 +69,7 @@ def cooperative_claims(p: Preemption) -> list[Claim]:
         Claim("the trainer saw the hook's request and acknowledged it", p.at("ack") is not None),
         Claim(
             f"the hook returned {_seconds(hook)} after it started, inside its budget of "
-            f"{p.budget} s (min(grace, usable notice) - SIGTERM reserve)",
+            f"{p.budget} s = min(grace, usable notice) - SIGTERM reserve",
             hook is not None and hook <= p.budget + HOOK_SLACK,
         ),
         Claim(

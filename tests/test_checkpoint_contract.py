@@ -326,6 +326,50 @@ def test_prestop_then_sigterm_loses_no_step(pod: Pod, shell: Shell, reference: s
     assert final_weights(resumed) == reference
 
 
+def test_a_trainer_that_ignores_the_hook_saves_on_sigterm(pod: Pod, reference: str) -> None:
+    """train_tiny --ignore-hook: no listener, so the hook returns at once; SIGTERM saves."""
+    trainer = pod.start(
+        1, "--steps", str(TOTAL), "--step-seconds", STEP_SECONDS, "--every-steps", "50",
+        "--ignore-hook",
+    )  # fmt: skip
+    pod.wait_for(1, "step 8")
+    assert not (pod.checkpoints / ".spotguard-trainer").exists()
+    status, took = pod.run_hook(injected_hook())
+    assert (status, took < 0.5) == (0, True)
+    assert not (pod.checkpoints / ".spotguard-preempt").exists()
+    assert pod.terminate(trainer, RESERVE) == 143, pod.stderr(1)
+    first = pod.events(1)
+    assert saves(first) == [(steps(first)[-1], "preempted")]
+    second = pod.start(2, "--steps", str(TOTAL))
+    assert pod.finish(second) == 0, pod.stderr(2)
+    assert pod.events(2)[0] == f"resume {steps(first)[-1]}"
+    assert final_weights(pod.events(2)) == reference
+
+
+def test_a_trainer_hung_in_its_final_save_resumes_from_the_periodic_one(pod: Pod) -> None:
+    """train_tiny --hang-in-final-save: no ack, SIGTERM does not end it, SIGKILL does."""
+    trainer = pod.start(
+        1, "--steps", str(TOTAL), "--step-seconds", STEP_SECONDS, "--every-steps", "5",
+        "--hang-in-final-save",
+    )  # fmt: skip
+    pod.wait_for(1, "step 12")
+    status, took = pod.run_hook(injected_hook(), SPOTGUARD_PRESTOP_TIMEOUT_SECONDS="2")
+    assert status == 0
+    assert 1 <= took <= 2.5, f"hook took {took:.2f}s"
+    pod.wait_for(1, r"hang-in-save \d+")
+    assert not (pod.checkpoints / ".spotguard-ack").exists()
+    assert pod.terminate(trainer, RESERVE) is None  # still stuck at the end of the grace
+    trainer.kill()
+    trainer.wait()
+    first = pod.events(1)
+    periodic = [step for step, reason in saves(first) if reason == "periodic"]
+    second = pod.start(2, "--steps", "30")
+    assert pod.finish(second) == 0, pod.stderr(2)
+    resumed = int(pod.events(2)[0].split()[1])
+    assert resumed == periodic[-1]
+    assert 0 <= steps(first)[-1] - resumed <= 5
+
+
 def test_hung_trainer_does_not_hold_the_hook(pod: Pod) -> None:
     trainer = pod.start(
         1,
