@@ -18,6 +18,8 @@ from pathlib import Path
 
 #: Debian's containernetworking-plugins install the plugins here.
 CNI_BIN_DIR = Path("/usr/lib/cni")
+#: Where libcni caches each attachment's result (containerd 1.6 does not move it).
+CNI_RESULTS_DIR = Path("/var/lib/cni/results")
 #: Pod addresses: 10.88.<node>.0/24, the range containerd's own examples use.
 POD_RANGE_PREFIX = "10.88"
 
@@ -41,6 +43,10 @@ class PodNetwork:
         return f"{POD_RANGE_PREFIX}.{self.index}.0/24"
 
     @property
+    def name(self) -> str:
+        return f"spotguard-{self.instance}-{self.index}"
+
+    @property
     def conf_dir(self) -> Path:
         return self.directory / "net.d"
 
@@ -55,7 +61,7 @@ class PodNetwork:
         self.conf_dir.mkdir(parents=True, exist_ok=True)
         config = {
             "cniVersion": "1.0.0",
-            "name": f"spotguard-{self.instance}-{self.index}",
+            "name": self.name,
             "plugins": [
                 {
                     "type": "bridge",
@@ -82,6 +88,12 @@ class PodNetwork:
                 capture_output=True, check=False,
             )  # fmt: skip
         shutil.rmtree(self.directory / "ipam", ignore_errors=True)
+        # Pods killed with their node were never detached: drop libcni's cached results
+        # of this network (and of the loopback attachments of the same containers).
+        for cached in CNI_RESULTS_DIR.glob(f"{self.name}-*"):
+            container = cached.name.removeprefix(f"{self.name}-").rpartition("-")[0]
+            (CNI_RESULTS_DIR / f"cni-loopback-{container}-lo").unlink(missing_ok=True)
+            cached.unlink(missing_ok=True)
 
 
 def instance_id(workdir: Path) -> str:

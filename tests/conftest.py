@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -36,3 +38,10 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServ
         yield server
     finally:
         server.stop()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Which shells the preStop hook is tested under here (tests/test_checkpoint_contract.py)."""
+    found = {name: shutil.which(name) for name in ("dash", "bash", "busybox")}
+    shells = ", ".join(f"{name} {path or 'MISSING (skipped)'}" for name, path in found.items())
+    return [f"preStop hook shells: /bin/sh -> {os.path.realpath('/bin/sh')}, {shells}"]

@@ -76,7 +76,7 @@ def test_drill(drill: Drill, variant: Variant) -> None:
     outcome = drill.run(variant)
     assert len(outcome.preemptions) == len(variant.notices)
     failed = [claim.text for claim in outcome.claims if not claim.ok]
-    assert not failed, "\n".join(failed)
+    assert not failed, "\n".join([*failed, f"logs in {drill.cluster.logs_dir}"])
 
 
 @dataclass
