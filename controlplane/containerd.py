@@ -95,7 +95,7 @@ disabled_plugins = [
       runtime_type = "io.containerd.runc.v2"
       [{cri}.containerd.runtimes.runc.options]
         SystemdCgroup = false
-        BinaryName = "{_binary("runc")}"
+        BinaryName = "{shutil.which("runc") or "runc"}"
         Root = "{d / "runc"}"
   [{cri}.cni]
     bin_dir = "{CNI_BIN_DIR}"
