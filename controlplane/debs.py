@@ -80,26 +80,30 @@ def deb_cache() -> Path:
     return cache_root() / "debs"
 
 
-def fetch(deb: Deb) -> Path:
-    """The ``.deb`` file of ``deb``, downloaded once into the cache and digest-checked."""
-    path = deb_cache() / f"{deb.sha256}.deb"
-    if path.is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+def fetch(packages: Sequence[Deb]) -> list[Path]:
+    """The ``.deb`` files of ``packages``: those not cached yet downloaded in one
+    ``apt-get download``, digest-checked, then kept in the cache."""
+    cache = deb_cache()
+    paths = [cache / f"{deb.sha256}.deb" for deb in packages]
+    missing = [deb for deb, path in zip(packages, paths, strict=True) if not path.is_file()]
+    if not missing:
+        return paths
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as scratch:
         # As root apt drops to its _apt user, who cannot write here: download as root.
+        wanted = [f"{deb.package}={deb.version}" for deb in missing]
         result = _apt(
-            "-o", "APT::Sandbox::User=root", "download", f"{deb.package}={deb.version}",
-            cwd=Path(scratch),
+            "-o", "APT::Sandbox::User=root", "download", *wanted, cwd=Path(scratch)
         )  # fmt: skip
-        downloaded = Path(scratch) / deb.file_name
-        if result.returncode != 0 or not downloaded.is_file():
-            raise DebError(f"apt-get download {deb.package} failed: {result.stderr.strip()}")
-        digest = hashlib.sha256(downloaded.read_bytes()).hexdigest()
-        if digest != deb.sha256:
-            raise DebError(f"{deb.file_name}: SHA256 {digest}, apt said {deb.sha256}")
-        downloaded.rename(path)
-    return path
+        for deb in missing:
+            downloaded = Path(scratch) / deb.file_name
+            if result.returncode != 0 or not downloaded.is_file():
+                raise DebError(f"apt-get download {deb.package} failed: {result.stderr.strip()}")
+            digest = hashlib.sha256(downloaded.read_bytes()).hexdigest()
+            if digest != deb.sha256:
+                raise DebError(f"{deb.file_name}: SHA256 {digest}, apt said {deb.sha256}")
+            downloaded.rename(cache / f"{deb.sha256}.deb")
+    return paths
 
 
 def members(path: Path) -> Iterator[tuple[tarfile.TarInfo, bytes | None]]:

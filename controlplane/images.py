@@ -146,8 +146,8 @@ def trainer_key(packages: Sequence[debs.Deb]) -> str:
 
 def build_trainer(archive: Path, packages: Sequence[debs.Deb]) -> None:
     layer = Layer()
-    for deb in packages:
-        for member, data in debs.members(debs.fetch(deb)):
+    for path in debs.fetch(packages):
+        for member, data in debs.members(path):
             name = member.name.lstrip("./")
             if name and not name.startswith(_SKIPPED_PREFIXES):
                 layer.add_member(member, data)
