@@ -17,9 +17,6 @@ taint), and prints what happened, in seconds from each notice, with every claim 
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,8 +24,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
-
-import yaml
 
 from controlplane.harness import ControlPlane
 from controlplane.realnodes import REAL_NODES, RealNodes, containers_unavailable
@@ -41,6 +36,8 @@ from devtools.drill_cluster import (
     apply_training_job,
     cordon,
     evict,
+    example_args,
+    reference_weights,
     restore_node,
     start_spotguard,
     taint_no_execute,
@@ -59,7 +56,6 @@ from devtools.drill_timeline import (
 )
 from devtools.podlogs import PodLogFollower
 from devtools.registration import INJECTED_ANNOTATION
-from devtools.server import REPO
 from policies.loader import parse_policy_text
 
 #: The built-in policy: grace = the shortest usable notice of the presets (GKE's 15 s),
@@ -115,31 +111,6 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return all(claim.ok for claim in self.claims)
-
-
-def example_args() -> dict[str, int]:
-    """The example Job's trainer flags (--steps, --every-steps) as numbers."""
-    for document in yaml.safe_load_all(JOB_MANIFEST.read_text()):
-        if document and document["kind"] == "Job":
-            args = document["spec"]["template"]["spec"]["containers"][0]["args"]
-            pairs = (re.fullmatch(r"--([\w-]+)=(\d+)", arg) for arg in args)
-            return {m[1]: int(m[2]) for m in pairs if m}
-    raise ValueError(f"no Job in {JOB_MANIFEST}")
-
-
-def reference_weights(steps: int) -> str:
-    """The weights after ``steps`` uninterrupted steps of train_tiny, run here."""
-    with tempfile.TemporaryDirectory() as scratch:
-        env = {
-            **os.environ,
-            "SPOTGUARD_CHECKPOINT_DIR": scratch,
-            "PYTHONPATH": str(REPO / "trainer"),
-        }
-        result = subprocess.run(
-            [sys.executable, str(REPO / "examples" / "train_tiny.py"), f"--steps={steps}"],
-            env=env, capture_output=True, text=True, check=True, timeout=60,
-        )  # fmt: skip
-    return result.stdout.strip().splitlines()[-1].split(" ", 3)[3]
 
 
 class Drill:

@@ -4,7 +4,8 @@
   and cluster access, registered from the shipped configurations as in the demo and the
   other e2e tests, live once a canary comes back mutated;
 - :func:`apply_training_job`: ``examples/tiny-training-job.yaml`` through ``kubectl apply``
-  (so spotguard mutates its pods), with a volume for its claim;
+  (so spotguard mutates its pods), with a volume for its claim; :func:`example_args` and
+  :func:`reference_weights`: its trainer's settings and its result without preemptions;
 - the notices, delivered as the common handlers do: :func:`cordon` and :func:`evict`
   (the Eviction API, as AWS Node Termination Handler and Karpenter drain a node), and
   :func:`taint_no_execute` (Node Termination Handler's spot-interruption taint with
@@ -15,6 +16,11 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -85,6 +91,31 @@ def apply_training_job(
             container["args"] = [*container.get("args", []), *extra_args]
     manifest = {"apiVersion": "v1", "kind": "List", "items": documents}
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest), check=True)
+
+
+def example_args() -> dict[str, int]:
+    """The example Job's trainer flags (--steps, --every-steps) as numbers."""
+    for document in yaml.safe_load_all(JOB_MANIFEST.read_text()):
+        if document and document["kind"] == "Job":
+            args = document["spec"]["template"]["spec"]["containers"][0]["args"]
+            pairs = (re.fullmatch(r"--([\w-]+)=(\d+)", arg) for arg in args)
+            return {m[1]: int(m[2]) for m in pairs if m}
+    raise ValueError(f"no Job in {JOB_MANIFEST}")
+
+
+def reference_weights(steps: int) -> str:
+    """The weights after ``steps`` uninterrupted steps of train_tiny, run here."""
+    with tempfile.TemporaryDirectory() as scratch:
+        env = {
+            **os.environ,
+            "SPOTGUARD_CHECKPOINT_DIR": scratch,
+            "PYTHONPATH": str(REPO / "trainer"),
+        }
+        result = subprocess.run(
+            [sys.executable, str(REPO / "examples" / "train_tiny.py"), f"--steps={steps}"],
+            env=env, capture_output=True, text=True, check=True, timeout=60,
+        )  # fmt: skip
+    return result.stdout.strip().splitlines()[-1].split(" ", 3)[3]
 
 
 def _patch_node(cluster: ControlPlane, node: str, spec: dict[str, Any]) -> None:

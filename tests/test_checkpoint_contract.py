@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from policies.decisions import PodContext
 from policies.loader import default_policy
 from policies.mutate import mutate_pod
 from tests.hook_behaviour import Behaviour, HookResult, HookRunner, Tools, check_behaviour
+from tests.hook_shells import NAMED_SHELLS, SHELLS, TOOLBOX_TOOLS, Shell, toolbox
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "examples" / "train_tiny.py"
@@ -57,61 +57,6 @@ def injected_hook() -> list[str]:
     command = injected_container()["lifecycle"]["preStop"]["exec"]["command"]  # type: ignore[index]
     assert isinstance(command, list)
     return [str(part) for part in command]
-
-
-INSTALL_HINT = "`make host-packages` (devtools/install-host-packages.sh) installs it"
-
-#: Asks a shell which of `date` and `sleep` (fractions, or whole seconds) it can run.
-_TOOLS_PROBE = (
-    "date +%s >/dev/null 2>&1 && d=1; "
-    "if sleep 0.01 2>/dev/null; then s=f; elif sleep 0 2>/dev/null; then s=w; fi; "
-    "echo ${d:-0}${s:-0}"
-)
-_PROBED_TOOLS = {
-    "1f": Tools.FULL,
-    "1w": Tools.WHOLE_SECONDS,
-    "0f": Tools.SLEEP_ONLY,
-    "0w": Tools.SLEEP_ONLY,
-    "10": Tools.DATE_ONLY,
-    "00": Tools.NEITHER,
-}
-
-
-@dataclass(frozen=True)
-class Shell:
-    """A shell the injected hook may run under: ``argv`` replaces the hook's ``/bin/sh``."""
-
-    name: str
-    argv: tuple[str, ...]
-
-    def tools(self, path: str) -> Tools:
-        """What this shell can run as ``date`` and ``sleep`` with ``path`` as its PATH.
-
-        Programs on PATH, or the shell's own applets: busybox's shell (built with
-        FEATURE_SH_STANDALONE, as Debian's busybox-static is) runs its ``date`` and
-        ``sleep`` applets whatever PATH says. Asked of the shell, not assumed.
-        """
-        result = subprocess.run(
-            [*self.argv, "-c", _TOOLS_PROBE], env={"PATH": path}, capture_output=True,
-            text=True, timeout=10, check=True,
-        )  # fmt: skip
-        return _PROBED_TOOLS[result.stdout.strip()]
-
-
-def _shell_param(name: str, program: str, *args: str) -> object:
-    found = shutil.which(program)
-    reason = f"{program} is not installed here; {INSTALL_HINT}"
-    marks = [pytest.mark.skipif(found is None, reason=reason)]
-    return pytest.param(Shell(name, (found or program, *args)), id=name, marks=marks)
-
-
-#: Each shell by name; SHELLS adds the hook exactly as injected (this machine's /bin/sh).
-NAMED_SHELLS = [
-    _shell_param("dash", "dash"),
-    _shell_param("bash", "bash"),
-    _shell_param("busybox-sh", "busybox", "sh"),
-]
-SHELLS = [pytest.param(Shell("injected-bin-sh", ("/bin/sh",)), id="injected-bin-sh"), *NAMED_SHELLS]
 
 
 def hook_argv(shell: Shell) -> list[str]:
@@ -476,41 +421,11 @@ def test_hook_behaviour_under_every_shell(pod: Pod, shell: Shell, behaviour: Beh
     check_behaviour(behaviour, pod.hook_runner(shell), pod.checkpoints, HOST, Tools.FULL)
 
 
-def _toolbox(root: Path, name: str) -> Path:
-    """A PATH directory holding only some of the tools the hook uses."""
-    box = root / f"tools-{name}"
-    box.mkdir()
-    date, sleep = shutil.which("date"), shutil.which("sleep")
-    assert date is not None and sleep is not None
-    if name in ("date-only", "whole-seconds"):
-        (box / "date").symlink_to(date)
-    if name == "sleep-only":
-        (box / "sleep").symlink_to(sleep)
-    if name == "whole-seconds":  # a sleep that takes whole seconds only, as some have
-        script = box / "sleep"
-        script.write_text(
-            "#!/bin/sh\n"
-            "case $1 in *[!0-9]*) echo \"sleep: invalid time '$1'\" >&2; exit 1 ;; esac\n"
-            f'exec {sleep} "$1"\n'
-        )
-        script.chmod(0o755)
-    return box
-
-
-#: What a shell without applets can run with each toolbox as its PATH.
-_TOOLBOX_TOOLS = {
-    "empty": Tools.NEITHER,
-    "date-only": Tools.DATE_ONLY,
-    "sleep-only": Tools.SLEEP_ONLY,
-    "whole-seconds": Tools.WHOLE_SECONDS,
-}
-
-
 @pytest.mark.parametrize("behaviour", [Behaviour.ACK, Behaviour.TIMEOUT], ids=["ack", "timeout"])
-@pytest.mark.parametrize("toolbox", list(_TOOLBOX_TOOLS))
+@pytest.mark.parametrize("box", list(TOOLBOX_TOOLS))
 @pytest.mark.parametrize("shell", NAMED_SHELLS)
 def test_hook_uses_date_and_sleep_when_the_shell_can_run_them(
-    pod: Pod, shell: Shell, toolbox: str, behaviour: Behaviour, tmp_path: Path
+    pod: Pod, shell: Shell, box: str, behaviour: Behaviour, tmp_path: Path
 ) -> None:
     """PATH holds only some tools: the hook does what the shell can still run.
 
@@ -518,10 +433,10 @@ def test_hook_uses_date_and_sleep_when_the_shell_can_run_them(
     out without a deadline and the hook returns at once); busybox's shell still runs its
     applets, so under busybox the hook keeps its deadline and its polling.
     """
-    path = str(_toolbox(tmp_path, toolbox))
+    path = str(toolbox(tmp_path, box))
     tools = shell.tools(path)
     applets = shell.name == "busybox-sh"
-    assert tools is (Tools.FULL if applets else _TOOLBOX_TOOLS[toolbox]), tools
+    assert tools is (Tools.FULL if applets else TOOLBOX_TOOLS[box]), tools
     run = pod.hook_runner(shell)
     check_behaviour(behaviour, run, pod.checkpoints, HOST, tools, env={"PATH": path})
 
