@@ -522,9 +522,14 @@ class ControlPlane:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM each component, newest first; SIGKILL it after ``timeout``."""
-        if self.real is not None:
-            self.real.stop()
-            self.real = None
+        real, self.real = self.real, None
+        try:
+            if real is not None:
+                real.stop()  # kubelets and their containers first
+        finally:
+            self._stop_components(timeout)
+
+    def _stop_components(self, timeout: float) -> None:
         with self._lock:
             components, self._components = self._components, []
         for comp in reversed(components):

@@ -93,15 +93,18 @@ def create_cgroup_root(name: str) -> None:
                 (path / setting).write_text((hierarchy / setting).read_text())
 
 
+def _cgroups_below(root: Path) -> list[Path]:
+    """``root`` and every cgroup below it, deepest first. runc removes a container's
+    cgroup when the container goes, so a directory may vanish while this walks: skipped."""
+    return [Path(d) for d, _, _ in os.walk(root, topdown=False, onerror=lambda _: None)]
+
+
 def remove_cgroup_root(name: str) -> None:
     """Remove ``/<name>`` and the cgroups below it, deepest first (they must be empty)."""
     for hierarchy in _cgroup_hierarchies():
-        root = hierarchy / name
-        if not root.is_dir():
-            continue
-        for path in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-            path.rmdir()
-        root.rmdir()
+        for path in _cgroups_below(hierarchy / name):
+            with contextlib.suppress(FileNotFoundError):
+                path.rmdir()
 
 
 def kill_cgroup(name: str) -> None:
@@ -110,11 +113,15 @@ def kill_cgroup(name: str) -> None:
         root = hierarchy / name
         if not root.is_dir():
             continue
-        for procs in root.rglob("cgroup.procs"):
-            for pid in procs.read_text().split():
+        for cgroup in _cgroups_below(root):
+            try:
+                pids = (cgroup / "cgroup.procs").read_text().split()
+            except FileNotFoundError:
+                continue
+            for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
-        return
+        return  # every process is in every hierarchy: one is enough
 
 
 class KernelSettings:

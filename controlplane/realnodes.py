@@ -18,8 +18,9 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -175,17 +176,32 @@ class RealNodes:
         return ready and labelled and taints == wanted
 
     def stop(self) -> None:
-        """Kubelets first, then every container, containerd, mounts, bridges, cgroups."""
+        """Kubelets first, then every container, containerd, mounts, bridges, cgroups.
+
+        Every step runs even if one fails (a leak is worse than a late error); the first
+        error is raised at the end.
+        """
+        errors: list[Exception] = []
+
+        def attempt(step: Callable[[], None]) -> None:
+            try:
+                step()
+            except Exception as error:  # noqa: BLE001 (kept and raised below)
+                errors.append(error)
+
         for parts in self.parts.values():
-            parts.kubelet.stop()
+            attempt(parts.kubelet.stop)
         for name, parts in self.parts.items():
-            kill_cgroup(parts.kubelet.cgroup_root)
-            parts.containerd.stop()
-            unmount_below(self.node_dir(name))  # the kubelet's root and pod volumes
+            attempt(partial(kill_cgroup, parts.kubelet.cgroup_root))
+            attempt(parts.containerd.stop)
+            attempt(partial(unmount_below, self.node_dir(name)))  # the kubelet's mounts
         for parts in self.parts.values():
-            with contextlib.suppress(OSError):  # a process still exiting: left behind
+            # A process still exiting keeps its cgroup busy: that one is left behind.
+            with contextlib.suppress(OSError):
                 remove_cgroup_root(parts.kubelet.cgroup_root)
         self.parts.clear()
         if self._kernel is not None:
-            self._kernel.restore()
+            attempt(self._kernel.restore)
             self._kernel = None
+        if errors:
+            raise errors[0]
