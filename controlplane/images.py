@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TextIO
 
 from controlplane import debs
-from controlplane.build import _locked, cache_root
+from controlplane.build import build_lock, cache_root
 from controlplane.oci import Layer, image_config, write_archive
 
 #: Bump when a recipe changes in a way its inputs do not show.
@@ -176,7 +176,7 @@ def _ensure(name: str, key: str, build: Callable[[Path], None], out: TextIO) -> 
     archive = images_cache() / f"{stem}-{key}.tar"
     if archive.is_file():
         return ImageArchive(name, archive)
-    with _locked(images_cache() / f"{stem}-{key}.lock"):
+    with build_lock(images_cache() / f"{stem}-{key}.lock"):
         if not archive.is_file():
             started = time.monotonic()
             build(archive)
