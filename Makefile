@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint unit e2e controlplane bench bench-audit clean
+.PHONY: setup host-packages demo demo-helm drill images test lint unit e2e controlplane tools bench bench-audit clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,18 +14,33 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install spotguard with its dev tools
 
+host-packages:  ## Debian packages: hook shells, containerd, runc, CNI plugins (only if missing)
+	sh devtools/install-host-packages.sh
+
 controlplane: setup  ## build kube-apiserver, etcd, ... from Go modules (cached)
 	$(BIN)/python -m controlplane.build
 
+tools: setup  ## build helm and promtool from Go modules (cached)
+	$(BIN)/python -m tools.build
+
+images: setup  ## pause and trainer images (OCI archives) from Debian packages (cached)
+	$(BIN)/python -m controlplane.images
+
+drill: host-packages controlplane images  ## real kubelets preempt a training Job: timelines, claims checked
+	$(BIN)/python -m devtools.drill
+
 demo: controlplane  ## local demo: a real control plane, the webhook, the examples
 	$(BIN)/python -m devtools.demo
+
+demo-helm: controlplane tools  ## helm install (audit), upgrade (enforce) and uninstall on a local control plane
+	$(BIN)/python -m devtools.demo_helm
 
 lint: setup  ## ruff and mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint controlplane  ## everything CI runs: lint, unit, HTTP/TLS and end-to-end tests
+test: lint host-packages controlplane tools  ## everything CI runs: lint, unit, HTTP/TLS and end-to-end tests
 	$(BIN)/pytest
 
 bench: setup  ## webhook throughput and latency over real gunicorn and TLS

@@ -13,6 +13,7 @@ with status 2; only bugs print a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import signal
 import sys
@@ -34,12 +35,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def package_version() -> str:
+    """spotguard's version from the installed package's metadata (pyproject.toml's
+    ``version``): the one version the image tag, the manifests and the Helm chart carry."""
+    try:
+        return importlib.metadata.version("spotguard")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (spotguard is not installed: pip install -e .)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="spotguard",
         description="Admission webhook that puts fault-tolerant ML training on spot capacity "
         "and keeps other workloads off it.",
     )
+    parser.add_argument("--version", action="version", version=f"spotguard {package_version()}")
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=_Parser
     )

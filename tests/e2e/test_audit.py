@@ -80,7 +80,7 @@ def deployment(name: str, node_selector: dict[str, str]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def policy_report_crd(cluster: ControlPlane) -> None:
-    crd = HERE / "crds" / "wgpolicyk8s-policyreport.yaml"
+    crd = REPO / "deploy/helm/spotguard/files/policy-reports/policyreport-crd.yaml"
     cluster.kubectl("apply", "-f", str(crd), check=True)
     cluster.kubectl(
         "wait", "--for=condition=Established", "crd/policyreports.wgpolicyk8s.io",
