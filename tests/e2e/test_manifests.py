@@ -672,29 +672,40 @@ def test_server_identity_is_refused_everything_else(live: Live) -> None:
         )
 
 
-def test_server_identity_can_run_the_background_audit(live: Live, served: ServedDeployment) -> None:
-    """The Deployment's arguments turn the audit on: under the server's own token it takes
-    the Lease, lists the cluster, writes a PolicyReport and an Event, and is refused nothing
-    (the served fixture fails on any 403 in the log)."""
+@pytest.fixture
+def violating_pod(live: Live) -> str:
+    """A pod that selects spot nodes, created before the server (whose first audit runs
+    at start; the next one 300 s later)."""
     plane = live.plane
     plane.kubectl("create", "namespace", "team-a")
     plane.kubectl("create", "serviceaccount", "default", "-n", "team-a")
     bad = {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "on-spot", "namespace": "team-a"},
-        "spec": {"tolerations": [{"key": "spot", "operator": "Exists"}],
+        "spec": {"nodeSelector": {"eks.amazonaws.com/capacityType": "SPOT"},
                  "containers": [{"name": "c", "image": "registry.example/c:1"}]},
     }  # fmt: skip
     plane.kubectl("apply", "-f", "-", input=json.dumps(bad), check=True)
+    return "team-a"
+
+
+def test_server_identity_can_run_the_background_audit(
+    live: Live, violating_pod: str, served: ServedDeployment
+) -> None:
+    """The Deployment's arguments turn the audit on: under the server's own token it takes
+    the Lease, lists the cluster, writes a PolicyReport and an Event, and is refused nothing
+    (the served fixture fails on any 403 in the log)."""
+    plane = live.plane
 
     def report() -> Manifest | None:
-        got = plane.kubectl("get", "policyreport", "spotguard", "-n", "team-a", "-o", "json")
+        got = plane.kubectl("get", "policyreport", "spotguard", "-n", violating_pod, "-o", "json")
         return json.loads(got.stdout) if got.returncode == 0 else None
 
-    found: Manifest = wait_for(report, 30, "the PolicyReport of team-a")
-    assert found["summary"]["fail"] == 1
+    found: Manifest = wait_for(report, 30, f"the PolicyReport of {violating_pod}")
+    assert found["summary"]["fail"] == 1, found
+    assert found["results"][0]["rule"] == "spot-requires-fault-tolerance"
     lease = live.get("lease", "spotguard-audit")
     assert lease["spec"]["holderIdentity"]
-    events = plane.kubectl("get", "events", "-n", "team-a", "-o", "json", check=True)
+    events = plane.kubectl("get", "events", "-n", violating_pod, "-o", "json", check=True)
     assert any(e["reason"] == "SpotguardViolation" for e in json.loads(events.stdout)["items"])
 
 
