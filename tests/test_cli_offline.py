@@ -259,50 +259,66 @@ def test_mutate_prints_every_object_admitted_in_order(
     assert documents[2] == yaml.safe_load(MIXED.split("---\n")[1])
 
 
-def test_the_policy_configmap_is_reviewed_like_the_policy_webhook_does(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    configmap = {
+def policy_configmap(text: str, name: str = "spotguard-policy") -> dict[str, Any]:
+    return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": "spotguard-policy",
+            "name": name,
             "namespace": "spotguard-system",
             "labels": {"spotguard.dev/policy": "true"},
         },
-        "data": {"policy.yaml": "spotNodes: {presets: [azure]}\n"},
+        "data": {"policy.yaml": text},
     }
+
+
+def test_the_policy_configmap_is_reviewed_like_the_policy_webhook_does(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     path = tmp_path / "policy-cm.yaml"
-    path.write_text(yaml.safe_dump(configmap))
+    path.write_text(yaml.safe_dump(policy_configmap("spotNodes: {presets: [azure]}\n")))
     code, out, _ = run(capsys, "validate", "-f", str(path))
     assert code == 1
-    assert (
-        "denied: spotguard refused policy ConfigMap spotguard-policy: spotNodes.presets[0]" in out
-    )
+    refused = "denied: spotguard refused policy ConfigMap spotguard-policy: spotNodes.presets[0]"
+    assert refused in out
+    path.write_text(yaml.safe_dump(policy_configmap("spotNodes: {presets: [aks]}\n")))
+    code, out, _ = run(capsys, "validate", "-f", str(path))
+    assert (code, out) == (0, f"configmap/spotguard-policy ({path}#1): allowed\n")
+    # The base's ConfigMap alone names no provider: refused, as its kustomization refuses it.
     code, out, _ = run(capsys, "validate", "-f", str(REPO / "deploy" / "base"))
-    assert code == 0
-    assert (
-        f"configmap/spotguard-policy ({REPO}/deploy/base/policy-configmap.yaml#1): allowed" in out
-    )
+    assert code == 1
+    assert "spotguard refused policy ConfigMap spotguard-policy: spotNodes: name at least" in out
 
 
-@pytest.mark.parametrize(
-    "manifest",
-    ["deploy/base/policy-configmap.yaml",
-     *(f"deploy/overlays/{name}/policy.yaml" for name in ("eks", "gke", "aks", "audit"))],
-)  # fmt: skip
-def test_policy_check_accepts_the_shipped_configmaps(
-    capsys: pytest.CaptureFixture[str], manifest: str
+def test_policy_check_picks_the_policy_configmap_among_manifests(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    code, out, _ = run(capsys, "policy", "check", str(REPO / manifest))
+    """A rendered install: the labelled ConfigMap is the policy, other objects are not."""
+    provider = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"},
+                "data": {"presets": "eks"}}  # fmt: skip
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "spotguard"}}
+    rendered = tmp_path / "install.yaml"
+    rendered.write_text(yaml.safe_dump_all(
+        [service, provider, policy_configmap("mode: audit\nspotNodes: {presets: [gke]}\n")]
+    ))  # fmt: skip
+    code, out, _ = run(capsys, "policy", "check", str(rendered))
     assert code == 0
-    assert out.startswith(f"{REPO / manifest}: configmap/spotguard-policy: policy OK: revision ")
+    assert out.startswith(f"{rendered}: configmap/spotguard-policy: policy OK: revision ")
+    assert "mode audit" in out
+    rendered.write_text(yaml.safe_dump_all([service, provider]))
+    code, _, err = run(capsys, "policy", "check", str(rendered))
+    assert code == 2
+    assert err == (f"spotguard: {rendered}: no policy ConfigMap (a ConfigMap with data key "
+                   "'policy.yaml'; name another key with --policy-key)\n")  # fmt: skip
 
 
-def test_policy_options_take_a_configmap_manifest(capsys: pytest.CaptureFixture[str]) -> None:
-    audit_overlay = REPO / "deploy" / "overlays" / "audit" / "policy.yaml"
+def test_policy_options_take_a_configmap_manifest(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    audit = tmp_path / "audit.yaml"
+    audit.write_text(yaml.safe_dump(policy_configmap("mode: audit\n")))
     code, out, err = run(capsys, "validate", "-f", str(REPO / "examples" / "web-on-spot.yaml"),
-                         "--policy", str(audit_overlay))  # fmt: skip
+                         "--policy", str(audit))  # fmt: skip
     assert code == 0
     assert ": allowed" in out
     assert "spotguard audit [spot-requires-fault-tolerance]" in err
@@ -334,6 +350,8 @@ USER_ERRORS = {
     "bad audit interval": (["serve", "--audit-interval", "0.1"], "argument --audit-interval"),
     "bad policy": (["policy", "check", "tests/e2e/manifests/job-on-spot.yaml"],
                    "invalid policy: apiVersion: must be spotguard.dev/v1alpha1; kind: must be "),
+    "no policy among manifests": (["policy", "check", "tests/e2e/manifests/mixed-kinds.yaml"],
+                                  "mixed-kinds.yaml: no policy ConfigMap"),
     "unknown command": (["lint"], "argument COMMAND: invalid choice: 'lint'"),
 }  # fmt: skip
 

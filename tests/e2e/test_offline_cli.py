@@ -22,7 +22,17 @@ import yaml
 
 from controlplane.harness import ControlPlane
 from devtools.server import REPO
+from policies.presets import PRESETS
 from tests.e2e.conftest import AUDIT_POLICY, ENFORCE_POLICY, Webhook
+from tests.e2e.rendering import (
+    COMPONENT_VALUES,
+    DEPLOY,
+    PROVIDER_VALUES,
+    PROVIDERS,
+    compose,
+    helm_binary,
+    helm_template,
+)
 
 pytestmark = pytest.mark.e2e
 HERE = Path(__file__).parent
@@ -93,12 +103,16 @@ def test_offline_validation_matches_kubectl_apply(
     with webhook.policy(policy):
         policy_file = webhook.workdir / f"{mode}-policy.yaml"
         policy_file.write_text(policy)
-        for manifest in MANIFESTS:
+        for index, manifest in enumerate(MANIFESTS):
+            # A namespace per manifest: two examples may name the same object (in audit
+            # mode the first is created, and the second would be an update).
+            target = f"{namespace}-{index}"
+            cluster.ensure_namespace(target)
             documents = [d for d in yaml.safe_load_all(manifest.read_text()) if d]
-            records = offline(namespace, manifest, policy_file)
+            records = offline(target, manifest, policy_file)
             assert len(records) == len(documents), manifest
             for document, record in zip(documents, records, strict=True):
-                applied = kubectl_apply(cluster, namespace, document)
+                applied = kubectl_apply(cluster, target, document)
                 where = f"{manifest.name} {record['resource']}"
                 if record["result"] == "skipped":
                     assert applied == {"allowed": True, "message": "", "warnings": []}, where
@@ -110,3 +124,42 @@ def test_offline_validation_matches_kubectl_apply(
     assert results == ({"allowed", "denied", "skipped"} if mode == "enforce" else
                        {"allowed", "skipped"}), compared  # fmt: skip
     assert "pytorchjob.kubeflow.org/recommender-train: allowed" in compared
+    for index in range(len(MANIFESTS)):
+        cluster.kubectl("delete", "namespace", f"{namespace}-{index}", "--wait=false")
+
+
+def spotguard(*args: str, stdin: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "webhook", *args], input=stdin, cwd=REPO, capture_output=True,
+        text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_policy_check_accepts_every_rendered_install(
+    cluster: ControlPlane, provider: str, tmp_path: Path
+) -> None:
+    """What users apply: each provider overlay, with the audit component, and the chart with
+    the same values; `policy check -` takes the rendered stream, `validate --policy` the file."""
+    audit = compose(tmp_path / "audit", provider, ("audit",))
+    rendered = {
+        "kustomize": cluster.kubectl("kustomize", str(DEPLOY / "overlays" / provider),
+                                     check=True).stdout,
+        "kustomize+audit": cluster.kubectl("kustomize", str(audit), check=True).stdout,
+        "helm+audit": yaml.safe_dump_all(helm_template(helm_binary(), {
+            "providers": PROVIDER_VALUES[provider], **COMPONENT_VALUES["audit"]})),
+    }  # fmt: skip
+    for how, stream in rendered.items():
+        checked = spotguard("policy", "check", "-", stdin=stream)
+        assert checked.returncode == 0, f"{how}: {checked.stderr}"
+        assert checked.stdout.startswith("-: configmap/spotguard-policy: policy OK: revision ")
+        assert ("mode audit" in checked.stdout) == how.endswith("+audit"), how
+        install = tmp_path / f"{how}.yaml"
+        install.write_text(stream)
+        label = PRESETS[PROVIDER_VALUES[provider][0]].labels[0]
+        selector = {label.key: label.values[0]}
+        on_spot = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
+                   "spec": {"nodeSelector": selector, "containers": []}}  # fmt: skip
+        validated = spotguard("validate", "-f", "-", "--policy", str(install),
+                              stdin=json.dumps(on_spot))  # fmt: skip
+        assert validated.returncode == (0 if how.endswith("+audit") else 1), validated.stdout

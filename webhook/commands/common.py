@@ -20,6 +20,8 @@ from policies.model import Policy
 from webhook.policy_sources import DEFAULT_CONFIGMAP_KEY
 
 EXIT_OK, EXIT_DENIED, EXIT_ERROR = 0, 1, 2
+#: The label of the policy ConfigMap (the policy webhook's objectSelector).
+POLICY_LABEL = "spotguard.dev/policy"
 
 
 class CLIError(Exception):
@@ -71,22 +73,37 @@ def read_text(path: Path) -> str:
 
 def policy_texts(text: str, name: str, key: str = DEFAULT_CONFIGMAP_KEY) -> list[tuple[str, str]]:
     """The policy documents in a file: (where, text) for a plain policy document, or for
-    each policy ConfigMap in it (``data[key]``), as shipped in ``deploy/``."""
+    each policy ConfigMap among manifests (a rendered install: ``kubectl kustomize
+    deploy/overlays/eks``, ``helm template``): those labelled ``spotguard.dev/policy``,
+    else every ConfigMap with the policy key (``data[key]``)."""
     try:
         documents = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError:
         return [(name, text)]  # the loader names the line and the problem
     configmaps = [d for d in documents if isinstance(d, dict) and d.get("kind") == "ConfigMap"]
-    if not configmaps:
-        return [(name, text)]
+    if not configmaps and len(documents) <= 1:
+        return [(name, text)]  # a policy document (the loader says what is wrong with it)
+    labelled = [d for d in configmaps if _labels(d).get(POLICY_LABEL) == "true"]
+    keyed = [d for d in configmaps if isinstance((d.get("data") or {}).get(key), str)]
+    chosen = labelled or keyed
+    if not chosen:
+        raise CLIError(
+            f"{name}: no policy ConfigMap (a ConfigMap with data key {key!r}; "
+            "name another key with --policy-key)"
+        )
     found: list[tuple[str, str]] = []
-    for configmap in configmaps:
+    for configmap in chosen:
         where = f"{name}: configmap/{(configmap.get('metadata') or {}).get('name', '(unnamed)')}"
         data = configmap.get("data") or {}
         if not isinstance(data, dict) or not isinstance(data.get(key), str):
             raise CLIError(f"{where}: no data key {key!r} (name the key with --policy-key)")
         found.append((where, data[key]))
     return found
+
+
+def _labels(obj: dict[str, Any]) -> dict[str, Any]:
+    labels = (obj.get("metadata") or {}).get("labels")
+    return labels if isinstance(labels, dict) else {}
 
 
 def load_policy(path: Path | None, key: str = DEFAULT_CONFIGMAP_KEY) -> Policy:

@@ -27,6 +27,7 @@ from webhook.admission import validate_policy_configmap
 from webhook.commands.common import (
     EXIT_DENIED,
     EXIT_OK,
+    POLICY_LABEL,
     CLIError,
     add_policy_options,
     load_policy,
@@ -38,8 +39,7 @@ from webhook.manifests import Document, ManifestError, read_manifests
 from webhook.policy_sources import DEFAULT_CONFIGMAP_KEY
 from webhook.review import Review
 
-#: The policy ConfigMap the policy webhook reviews (its objectSelector and namespace).
-POLICY_LABEL = "spotguard.dev/policy"
+#: The namespace of the policy ConfigMap the policy webhook reviews (with POLICY_LABEL).
 SPOTGUARD_NAMESPACE = "spotguard-system"
 REFUSED = ("denied", "invalid")
 
@@ -308,7 +308,8 @@ def add_offline_commands(commands: Any) -> None:
         "check",
         help="validate a policy document or policy ConfigMap manifest; exit 2 if invalid",
         description="Validate a policy document, or each policy ConfigMap in a manifest "
-        "(deploy/base/policy-configmap.yaml, an overlay's policy.yaml), and print its revision.",
+        "(a rendered install: kubectl kustomize deploy/overlays/eks | spotguard policy check -), "
+        "and print its revision.",
     )
     check.add_argument("file", type=Path, help="policy document or manifest (YAML; - for stdin)")
     check.add_argument(
