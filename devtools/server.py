@@ -18,6 +18,7 @@ from pathlib import Path
 import requests
 
 from certs.pki import CertPaths, generate_pair, service_dns_names
+from devtools.procnet import children
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,6 +47,13 @@ class RunningServer:
         session.trust_env = False  # REQUESTS_CA_BUNDLE must not replace our CA
         session.verify = str(self.certs.ca_cert)
         return session
+
+    def workers(self) -> list[int]:
+        """The worker processes' pids (the master's children)."""
+        return children(self.process.pid)
+
+    def log_lines(self) -> list[str]:
+        return self.log_file.read_text().splitlines()
 
     def revisions(self, asks: int = 6) -> set[str]:
         """Policy revisions answered on ``asks`` new connections, so every worker is asked

@@ -71,6 +71,7 @@ class Owner(Protocol):
     def add_writer(self, fd: int, callback: Callable[[], None]) -> None: ...
     def remove_writer(self, fd: int) -> None: ...
     def call_soon(self, callback: Callable[[], None]) -> None: ...
+    def may_handshake(self) -> bool: ...
     def respond(self, request: Request, peer: tuple[str, int], close: bool) -> bytes: ...
     def became_idle(self, connection: Connection) -> None: ...
     def became_busy(self, connection: Connection) -> None: ...
@@ -115,15 +116,15 @@ class Connection:
 
     def start(self) -> None:
         self.owner.add_reader(self.fd, self._on_readable)
-        self._handshake()
+        self._on_readable()
 
     # -- I/O ------------------------------------------------------------------------
 
     def _on_readable(self) -> None:
-        if self.state == HANDSHAKE:
-            self._handshake()
-        else:
+        if self.state != HANDSHAKE:
             self._read()
+        elif self.owner.may_handshake():  # else: still readable, so called again next turn
+            self._handshake()
 
     def _handshake(self) -> None:
         try:
@@ -286,6 +287,7 @@ class Connection:
         self._writer(None)
         with contextlib.suppress(OSError):
             self.tls.close()
+        self._parser = None  # the parser refers back to this connection: no cycle left
         self.owner.closed(self, reason)
 
     # -- httptools callbacks ------------------------------------------------------------

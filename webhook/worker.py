@@ -49,6 +49,7 @@ STOP_GRACE_SECONDS = 2.0
 #: client that just used it may be sending the next request, answered with a close.
 STOP_QUIET_SECONDS = 1.0
 ACCEPT_BATCH = 64
+HANDSHAKES_PER_TURN = 2
 
 
 class ServingApp(Protocol):
@@ -83,6 +84,8 @@ class EventLoopWorker(Worker):  # type: ignore[misc]
         self._next_heartbeat = 0.0
         self._address: tuple[str, int] = ("", 0)
         self._state: WorkerState | None = None
+        self._handshakes_left = HANDSHAKES_PER_TURN
+        self._refill_scheduled = False
 
     # -- gunicorn's Worker interface --------------------------------------------------
 
@@ -186,6 +189,22 @@ class EventLoopWorker(Worker):  # type: ignore[misc]
 
     def call_soon(self, callback: Callable[[], None]) -> None:
         self.loop.call_soon(callback)
+
+    def may_handshake(self) -> bool:
+        """At most ``HANDSHAKES_PER_TURN`` TLS handshakes per turn of the loop (each costs
+        most of a millisecond of CPU): a burst of new connections then delays the
+        requests of established ones by a few milliseconds, not by the whole burst."""
+        if self._handshakes_left > 0:
+            self._handshakes_left -= 1
+            if not self._refill_scheduled:
+                self._refill_scheduled = True
+                self.loop.call_soon(self._refill_handshakes)  # runs first next turn
+            return True
+        return False
+
+    def _refill_handshakes(self) -> None:
+        self._handshakes_left = HANDSHAKES_PER_TURN
+        self._refill_scheduled = False
 
     def respond(self, request: Request, peer: tuple[str, int], close: bool) -> bytes:
         self.nr += 1
