@@ -14,7 +14,6 @@ stays small next to the Python server it measures; both share this machine's cor
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import resource
@@ -27,34 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from devtools.reviews import plain_pod, review, training_pod
-from devtools.server import REPO, RunningServer, start_server
+from benchmarks.load import build_loadgen
+from devtools.server import RunningServer, start_server
 from policies.decisions import PodContext
 from policies.loader import default_policy
 from policies.mutate import mutate_pod
 from policies.patch import make_patch
 from policies.validate import validate_pod
 from webhook.review import parse_review
-
-LOADGEN_DIR = REPO / "benchmarks" / "loadgen"
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("SPOTGUARD_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "spotguard"
-    )
-    return Path(base)
-
-
-def build_loadgen() -> Path:
-    """Build the Go load generator once per source version, into the cache."""
-    digest = hashlib.sha256()
-    for name in ("go.mod", "main.go"):
-        digest.update((LOADGEN_DIR / name).read_bytes())
-    binary = cache_dir() / "loadgen" / digest.hexdigest()[:12] / "loadgen"
-    if not binary.exists():
-        print(f"building load generator into {binary.parent} ...", flush=True)
-        subprocess.run(["go", "build", "-o", str(binary), "."], cwd=LOADGEN_DIR, check=True)
-    return binary
 
 
 def cpu_per_call(function: Callable[[], Any], seconds: float) -> float:

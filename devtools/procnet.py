@@ -73,3 +73,18 @@ def spread(server_port: int, pids: list[int]) -> dict[int, int]:
     """Established connections per pid (0 for a pid holding none)."""
     counts = Counter(owners(server_port, pids).values())
     return {pid: counts.get(pid, 0) for pid in pids}
+
+
+def listening(server_port: int, pids: list[int]) -> dict[int, set[int]]:
+    """Inodes of the sockets listening on ``server_port`` that each pid holds."""
+    inodes = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = (PROC / "net" / table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == server_port:
+                inodes.add(int(fields[9]))
+    return {pid: _socket_inodes(pid) & inodes for pid in pids}
