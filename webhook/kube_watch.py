@@ -53,6 +53,14 @@ class WatchStats:
     failures: int = 0
 
 
+@dataclass
+class _Cursor:
+    """The newest resourceVersion seen; None: list first. Kept outside the watch
+    request, so that a watch broken halfway resumes from where it got to."""
+
+    version: str | None = None
+
+
 class _Gone(Exception):
     """410 Gone: the API server no longer remembers our resourceVersion."""
 
@@ -73,23 +81,23 @@ def run_watch(
 
     stats = stats if stats is not None else WatchStats()
     backoff = 1.0
-    version: str | None = None
+    cursor = _Cursor()
     while not stop.is_set():
         try:
-            if version is None:
-                version = _list(list_function, target, list_arguments)
+            if cursor.version is None:
+                cursor.version = _list(list_function, target, list_arguments)
                 stats.relists += 1
                 on_relist()
                 log.info(
                     "listed %s at resourceVersion %s",
                     describe,
-                    version,
+                    cursor.version,
                     extra={"fields": {"event": "cache_listed", "cache": describe}},
                 )
-            version = _follow(
+            _follow(
                 list_function,
                 target,
-                version=version,
+                cursor=cursor,
                 stop=stop,
                 stats=stats,
                 timeout_seconds=timeout_seconds,
@@ -98,11 +106,11 @@ def run_watch(
             stats.resumes += 1
             backoff = 1.0
         except _Gone:
-            log.info("watch of %s: resourceVersion %s expired; relisting", describe, version)
-            version = None
+            log.info("watch of %s: resourceVersion %s expired; relisting", describe, cursor.version)
+            cursor.version = None
         except ApiException as error:
             if error.status == 410:
-                version = None
+                cursor.version = None
                 continue
             stats.failures += 1
             log.warning("watch of %s failed: %s %s", describe, error.status, error.reason)
@@ -134,18 +142,18 @@ def _follow(
     list_function: Callable[..., Any],
     target: WatchTarget,
     *,
-    version: str,
+    cursor: _Cursor,
     stop: threading.Event,
     stats: WatchStats,
     timeout_seconds: int,
     arguments: JSON,
-) -> str:
-    """Follow one watch request to its end; returns the newest resourceVersion seen."""
+) -> None:
+    """Follow one watch request to its end, moving ``cursor`` with every event."""
     from kubernetes.watch.watch import iter_resp_lines  # noqa: PLC0415
 
     response = list_function(
         watch=True,
-        resource_version=version,
+        resource_version=cursor.version,
         allow_watch_bookmarks=True,
         timeout_seconds=timeout_seconds,
         _preload_content=False,
@@ -164,7 +172,8 @@ def _follow(
                 if obj.get("code") == 410:
                     raise _Gone()
                 raise RuntimeError(f"error event {obj.get('code')}: {obj.get('message')}")
-            version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+            seen = (obj.get("metadata") or {}).get("resourceVersion")
+            cursor.version = str(seen) if seen else cursor.version
             if kind == "BOOKMARK":
                 stats.bookmarks += 1
             else:
@@ -173,4 +182,3 @@ def _follow(
     finally:
         response.close()
         response.release_conn()
-    return version
