@@ -36,7 +36,7 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
 from policies.decisions import NO_CLUSTER_FACTS, ClusterFacts
-from webhook.kube_watch import WatchStats, run_watch
+from webhook.kube_watch import WATCH_TIMEOUT_SECONDS, WatchStats, run_watch
 
 #: How long a lookup of a pod missing from the pending-pods cache waits for it.
 POD_WAIT_SECONDS = 0.25
@@ -191,12 +191,14 @@ class KubeCluster:
         apps_api: Any,
         *,
         pod_wait_seconds: float = POD_WAIT_SECONDS,
+        watch_timeout_seconds: int = WATCH_TIMEOUT_SECONDS,
         on_relist: Callable[[str], None] = lambda name: None,
     ) -> None:
         self._core = core_api
         self._apps = apps_api
         self._pod_wait = pod_wait_seconds
         self._on_relist = on_relist
+        self._watch_timeout = watch_timeout_seconds
         self._stop = threading.Event()
         self.nodes: Cache[str, Mapping[str, str]] = Cache("nodes", _name, _labels)
         self.claims: Cache[tuple[str, str], str] = Cache(
@@ -237,6 +239,7 @@ class KubeCluster:
                 args=(cache.name, list_function, cache, self._stop),
                 kwargs={
                     "stats": cache.stats,
+                    "timeout_seconds": self._watch_timeout,
                     "on_relist": lambda name=cache.name: self._on_relist(name),
                     **arguments,
                 },
