@@ -120,7 +120,9 @@ def start_server(
             try:
                 if session.get(server.url + "/readyz", timeout=1).status_code == 200:
                     return server
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
+                # Workers accept only once their watch caches synced: until then a
+                # connection waits in the kernel's queue, and this probe times out.
                 time.sleep(0.1)
     server.stop()
     raise RuntimeError(f"webhook not ready in {ready_timeout:.0f} s; log {log_file}")
