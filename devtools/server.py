@@ -94,8 +94,12 @@ def start_server(
     certs: CertPaths | None = None,
     ready_timeout: float = 30.0,
     shutdown_delay: float = 0.0,
+    repo: Path = REPO,
 ) -> RunningServer:
-    """Start the webhook on 127.0.0.1 and wait until it answers ``/readyz`` over TLS."""
+    """Start the webhook on 127.0.0.1 and wait until it answers ``/readyz`` over TLS.
+
+    ``repo``: the source tree to run (another checkout, e.g. to benchmark an older design).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     if certs is None:
         names = [*service_dns_names("spotguard", "spotguard-system"), "localhost"]
@@ -109,7 +113,7 @@ def start_server(
     ]  # fmt: skip
     with log_file.open("ab") as log:
         process = subprocess.Popen(
-            command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=repo, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     server = RunningServer(f"https://127.0.0.1:{port}", port, certs, process, log_file)
     deadline = time.monotonic() + ready_timeout

@@ -8,6 +8,7 @@ is served to the next connection, with no restart. TLS below 1.2 is refused.
 
 from __future__ import annotations
 
+import logging
 import ssl
 import threading
 import time
@@ -15,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
+
+log = logging.getLogger("spotguard.tls")
 
 #: How often the files are checked, at most (a stat each; connections are long-lived).
 CHECK_INTERVAL_SECONDS = 1.0
@@ -53,10 +56,18 @@ class ReloadingContext:
             return self._context
         with self._lock:
             self._next_check = now + CHECK_INTERVAL_SECONDS
-            stamp = self._files_stamp()
-            if self._context is None or stamp != self._stamp:
-                self._context = self._build()
-                self._stamp = stamp
+            try:
+                stamp = self._files_stamp()
+                if self._context is None or stamp != self._stamp:
+                    self._context = self._build()
+                    self._stamp = stamp
+            except (OSError, ssl.SSLError, ValueError) as error:
+                if self._context is None:
+                    raise  # nothing to serve with: the caller's problem
+                # Caught between two file writes (a new key beside the old certificate,
+                # say): keep serving the last good pair and look again next second.
+                log.warning("cannot load %s and %s yet (%s); still serving the previous "
+                            "certificate", self._cert, self._key, error)  # fmt: skip
             return self._context
 
     def _build(self) -> ssl.SSLContext:

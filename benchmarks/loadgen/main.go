@@ -43,6 +43,7 @@ type stats struct {
 	Requests int      `json:"requests"`
 	Errors   int      `json:"errors"`
 	Non200   int      `json:"non200"`
+	Wrong    int      `json:"wrong"`
 	Seconds  float64  `json:"seconds"`
 	RPS      float64  `json:"rps"`
 	P50Ms    float64  `json:"p50_ms"`
@@ -59,6 +60,9 @@ type result struct {
 	BadOpenAvg float64 `json:"bad_connections_open_avg"`
 }
 
+// errWrong marks an answer (HTTP 200) whose body lacks the -expect text.
+var errWrong = fmt.Errorf("unexpected answer")
+
 type recorder struct {
 	mu        sync.Mutex
 	latencies []time.Duration
@@ -70,6 +74,8 @@ func (r *recorder) record(elapsed time.Duration, status int, err error) {
 	defer r.mu.Unlock()
 	r.s.Requests++
 	switch {
+	case err == errWrong:
+		r.s.Wrong++
 	case err != nil:
 		r.s.Errors++
 		if len(r.s.Samples) < 5 {
@@ -109,6 +115,7 @@ func main() {
 	notls := flag.Int("notls", 0, "TCP connections that never start TLS")
 	fresh := flag.Int("fresh", 0, "requests per second on new connections")
 	warmup := flag.Duration("warmup", 0, "open the bad connections this long before measuring")
+	expect := flag.String("expect", "", "text every 200 answer must contain (else: wrong)")
 	flag.Parse()
 	if *target == "" || *caFile == "" {
 		fmt.Fprintln(os.Stderr, "loadgen: -url and -ca are required")
@@ -247,8 +254,12 @@ func main() {
 		if err != nil {
 			return 0, err
 		}
-		_, err = io.Copy(io.Discard, resp.Body)
+		answer, err := io.ReadAll(resp.Body)
 		resp.Body.Close()
+		if err == nil && resp.StatusCode == http.StatusOK && *expect != "" &&
+			!bytes.Contains(answer, []byte(*expect)) {
+			err = errWrong
+		}
 		return resp.StatusCode, err
 	}
 
