@@ -116,17 +116,26 @@ def start_server(
             command, cwd=repo, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     server = RunningServer(f"https://127.0.0.1:{port}", port, certs, process, log_file)
-    deadline = time.monotonic() + ready_timeout
+    try:
+        _wait_ready(server, ready_timeout)
+    except BaseException:
+        server.stop()  # never leave a server behind a failed start
+        raise
+    return server
+
+
+def _wait_ready(server: RunningServer, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
     with server.session() as session:
         while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"webhook exited early; log {log_file}:\n{log_file.read_text()}")
+            if server.process.poll() is not None:
+                log = server.log_file
+                raise RuntimeError(f"webhook exited early; log {log}:\n{log.read_text()}")
             try:
                 if session.get(server.url + "/readyz", timeout=1).status_code == 200:
-                    return server
+                    return
             except (requests.ConnectionError, requests.Timeout):
                 # Workers accept only once their watch caches synced: until then a
                 # connection waits in the kernel's queue, and this probe times out.
                 time.sleep(0.1)
-    server.stop()
-    raise RuntimeError(f"webhook not ready in {ready_timeout:.0f} s; log {log_file}")
+    raise RuntimeError(f"webhook not ready in {timeout:.0f} s; log {server.log_file}")

@@ -63,6 +63,10 @@ type result struct {
 // errWrong marks an answer (HTTP 200) whose body lacks the -expect text.
 var errWrong = fmt.Errorf("unexpected answer")
 
+// errBehind marks a request still queued in this client when the run ended: every
+// connection was waiting for an answer, for so long that it was never sent.
+var errBehind = fmt.Errorf("not sent: the server fell behind")
+
 type recorder struct {
 	mu        sync.Mutex
 	latencies []time.Duration
@@ -314,6 +318,10 @@ func main() {
 			go func() {
 				defer wg.Done()
 				for planned := range schedule {
+					if time.Since(deadline) > 0 { // a server that fell behind: not sent
+						steady.record(time.Since(planned), 0, errBehind)
+						continue
+					}
 					status, err := send(client, context.Background())
 					steady.record(time.Since(planned), status, err)
 				}
