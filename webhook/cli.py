@@ -282,7 +282,8 @@ def _add_serve_command(commands: Any, policy_help: str) -> None:
     serve.add_argument(
         "--kubeconfig",
         type=Path,
-        help="kubeconfig for the ConfigMap watch (default: in-cluster config)",
+        help="kubeconfig for the ConfigMap watch and the cluster caches (default: in-cluster "
+        "config)",
     )
     serve.add_argument(
         "--metrics-bind",

@@ -71,7 +71,7 @@ class Owner(Protocol):
     def add_writer(self, fd: int, callback: Callable[[], None]) -> None: ...
     def remove_writer(self, fd: int) -> None: ...
     def call_soon(self, callback: Callable[[], None]) -> None: ...
-    def may_handshake(self) -> bool: ...
+    def queue_handshake(self, connection: Connection) -> None: ...
     def respond(self, request: Request, peer: tuple[str, int], close: bool) -> bytes: ...
     def became_idle(self, connection: Connection) -> None: ...
     def became_busy(self, connection: Connection) -> None: ...
@@ -116,29 +116,34 @@ class Connection:
 
     def start(self) -> None:
         self.owner.add_reader(self.fd, self._on_readable)
-        self._on_readable()
 
     # -- I/O ------------------------------------------------------------------------
 
     def _on_readable(self) -> None:
         if self.state != HANDSHAKE:
             self._read()
-        elif self.owner.may_handshake():  # else: still readable, so called again next turn
-            self._handshake()
+        else:  # the worker runs handshakes a few per turn, in arrival order
+            self.owner.remove_reader(self.fd)
+            self.owner.queue_handshake(self)
 
-    def _handshake(self) -> None:
+    def handshake(self) -> None:
+        """Advance the TLS handshake (the worker calls it in turn)."""
+        if self.state == CLOSED:
+            return
         try:
             self.tls.do_handshake()
         except ssl.SSLWantReadError:
             self._writer(None)
+            self.owner.add_reader(self.fd, self._on_readable)
             return
         except ssl.SSLWantWriteError:
-            self._writer(self._handshake)
+            self._writer(self.handshake)
             return
         except (ssl.SSLError, OSError):
             self.close("handshake_failed")
             return
         self._writer(None)
+        self.owner.add_reader(self.fd, self._on_readable)
         self._parser = httptools.HttpRequestParser(self)
         self._go_idle()
         self._read()  # the first request may have come with the handshake's last flight

@@ -31,6 +31,7 @@ import socket
 import ssl
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -84,8 +85,8 @@ class EventLoopWorker(Worker):  # type: ignore[misc]
         self._next_heartbeat = 0.0
         self._address: tuple[str, int] = ("", 0)
         self._state: WorkerState | None = None
-        self._handshakes_left = HANDSHAKES_PER_TURN
-        self._refill_scheduled = False
+        self._handshakes: deque[Connection] = deque()
+        self._handshake_turn_scheduled = False
 
     # -- gunicorn's Worker interface --------------------------------------------------
 
@@ -190,21 +191,23 @@ class EventLoopWorker(Worker):  # type: ignore[misc]
     def call_soon(self, callback: Callable[[], None]) -> None:
         self.loop.call_soon(callback)
 
-    def may_handshake(self) -> bool:
-        """At most ``HANDSHAKES_PER_TURN`` TLS handshakes per turn of the loop (each costs
-        most of a millisecond of CPU): a burst of new connections then delays the
-        requests of established ones by a few milliseconds, not by the whole burst."""
-        if self._handshakes_left > 0:
-            self._handshakes_left -= 1
-            if not self._refill_scheduled:
-                self._refill_scheduled = True
-                self.loop.call_soon(self._refill_handshakes)  # runs first next turn
-            return True
-        return False
+    def queue_handshake(self, connection: Connection) -> None:
+        """TLS handshakes run ``HANDSHAKES_PER_TURN`` per turn of the loop, oldest first:
+        each costs most of a millisecond of CPU, so a burst of new connections delays
+        the requests of established ones by a few milliseconds, not by the whole burst.
+        A queued connection is not watched meanwhile, so waiting costs nothing per turn."""
+        self._handshakes.append(connection)
+        if not self._handshake_turn_scheduled:
+            self._handshake_turn_scheduled = True
+            self.loop.call_soon(self._handshake_turn)
 
-    def _refill_handshakes(self) -> None:
-        self._handshakes_left = HANDSHAKES_PER_TURN
-        self._refill_scheduled = False
+    def _handshake_turn(self) -> None:
+        for _ in range(min(HANDSHAKES_PER_TURN, len(self._handshakes))):
+            self._handshakes.popleft().handshake()
+        if self._handshakes:
+            self.loop.call_soon(self._handshake_turn)  # next turn, after the I/O
+        else:
+            self._handshake_turn_scheduled = False
 
     def respond(self, request: Request, peer: tuple[str, int], close: bool) -> bytes:
         self.nr += 1
