@@ -61,7 +61,7 @@ def test_workers_replaced_under_load_lose_no_review(tmp_path: Path, whom: str) -
         slots = set().union(*before.values())
         load = start_loadgen(
             build_loadgen(), server, "/validate", body_file(tmp_path),
-            c=8, rate=200, fresh=30, d="9s",
+            c=8, fresh=30, d="9s",
         )  # fmt: skip
         replaced: set[int] = set()
         for _ in range(3):

@@ -144,6 +144,7 @@ class Connection:
             return
         self._writer(None)
         self.owner.add_reader(self.fd, self._on_readable)
+        self.last_active = time.monotonic()
         self._parser = httptools.HttpRequestParser(self)
         self._go_idle()
         self._read()  # the first request may have come with the handshake's last flight
@@ -269,6 +270,15 @@ class Connection:
         self._discarded = len(self._body)
         self._body = bytearray()
         self._send(error_response(400, self.limits.too_large_message(limit), close=True), True)
+
+    def drain_or_close(self, reason: str) -> None:
+        """Close an idle connection, unless a request is already waiting in its socket:
+        that one is read and answered first (with ``Connection: close`` while the worker
+        stops). Closing with unread bytes would reset the connection, failing the request."""
+        if self.state == IDLE:
+            self._read()
+        if self.state == IDLE and self._out is None:
+            self.close(reason)
 
     def expire(self) -> None:
         """The deadline passed: say so if a request was under way, and close."""

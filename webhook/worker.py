@@ -17,7 +17,9 @@ Stopping (SIGTERM from the master on reload, replacement or shutdown): the worke
 accepting at once, and its listening socket stays open in the master, so connections
 queued on it wait for the next worker of its slot instead of being reset. Responses
 from then on say ``Connection: close``; idle connections are closed once they have been
-quiet a second, and whatever remains after ``STOP_GRACE_SECONDS``.
+quiet a second (every idle one after ``STOP_GRACE_SECONDS``), each only after reading
+whatever request is already waiting in it; connections still in their handshake finish
+it and get their first request answered.
 """
 
 from __future__ import annotations
@@ -270,11 +272,20 @@ class EventLoopWorker(Worker):  # type: ignore[misc]
             self._listener.close()  # this worker's copy; the master keeps the socket open
 
     def _close_quiet_connections(self, now: float) -> None:
+        """Idle connections quiet for a second (or all idle ones once the grace is over)
+        are closed; a connection still in its handshake is left to finish it and send its
+        request (its client dialled for one), within its own deadlines. Past the master's
+        graceful timeout, less a second, everything is closed."""
+        if now >= self._stop_deadline + self.cfg.graceful_timeout - STOP_GRACE_SECONDS - 1:
+            for connection in list(self.connections):
+                connection.close("worker_stopping")
+            return
         late = now >= self._stop_deadline
         for connection in list(self.idle):
-            quiet = now - connection.last_active >= STOP_QUIET_SECONDS
-            if late or (quiet and connection.state != HANDSHAKE):
-                connection.close("worker_stopping")
+            if connection.state == HANDSHAKE:
+                continue
+            if late or now - connection.last_active >= STOP_QUIET_SECONDS:
+                connection.drain_or_close("worker_stopping")
 
     def _quit(self) -> None:
         """SIGQUIT/SIGINT, or a vanished master: close everything now."""
