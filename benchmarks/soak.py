@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from benchmarks.load import build_loadgen, result, start_loadgen
 from benchmarks.measure import rss_mib
 from certs.pki import CertifiedKey, CertPaths, generate_ca, generate_serving, write_pair
@@ -54,6 +56,8 @@ class Operator:
         self.propagation: list[float] = []
         self.invalid_seen_in_force = 0
         self.invalid_writes = 0
+        self.not_propagated = 0
+        self.invalid_unchecked = 0
         self.log: list[str] = []
         self.revision = parse_policy_text(policy.read_text()).revision
 
@@ -70,13 +74,19 @@ class Operator:
             self.invalid_writes += 1
             self.policy.write_text("mode: sometimes\n")
             time.sleep(2.5)  # file poll (1 s) + worker check (0.25 s), with slack
-            if self.server.revisions() != {self.revision}:
-                self.invalid_seen_in_force += 1
+            try:
+                if self.server.revisions() != {self.revision}:
+                    self.invalid_seen_in_force += 1
+            except requests.RequestException:
+                self.invalid_unchecked += 1
             return
         text = policy_text(number)
         self.policy.write_text(text)
         revision = parse_policy_text(text).revision
-        self.propagation.append(self.server.wait_for_revision(revision, timeout=15))
+        try:
+            self.propagation.append(self.server.wait_for_revision(revision, timeout=15))
+        except TimeoutError:
+            self.not_propagated += 1
         self.revision = revision
 
     def sighup(self) -> None:
@@ -149,7 +159,9 @@ def report(
     times = operator.propagation
     print(f"  policy revisions: {len(times)} valid, in force in every worker after median "
           f"{statistics.median(times):.2f} s, max {max(times):.2f} s; {operator.invalid_writes} "
-          f"invalid, in force: {operator.invalid_seen_in_force}")  # fmt: skip
+          f"invalid, in force: {operator.invalid_seen_in_force} (unchecked: "
+          f"{operator.invalid_unchecked}); not in force within 15 s: "
+          f"{operator.not_propagated}")  # fmt: skip
     print(f"  workers lost: {len(lost)}")
     print("  RSS per worker (MiB), first sample -> last, max:")
     for pid, values in rss.items():
@@ -185,15 +197,21 @@ def main(argv: list[str] | None = None) -> int:
                     rss.setdefault(pid, []).append(rss_mib(pid))
 
         threading.Thread(target=sample_memory, daemon=True).start()
-        load = start_loadgen(
-            build_loadgen(), server, "/validate", body, rate=args.rate, c=16,
-            fresh=args.fresh, d=f"{seconds:.0f}s", expect='"allowed":false',
-        )  # fmt: skip
-        operate(operator, args, cas)
-        figures = result(load, timeout=seconds + 120)
-        stop.set()
-        lost = [line for line in server.log_lines() if "worker_lost" in line]
-        server.stop()
+        try:
+            load = start_loadgen(
+                build_loadgen(), server, "/validate", body, rate=args.rate, c=16,
+                fresh=args.fresh, d=f"{seconds:.0f}s", expect='"allowed":false',
+            )  # fmt: skip
+            try:
+                operate(operator, args, cas)
+                figures = result(load, timeout=seconds + 120)
+            finally:
+                if load.poll() is None:
+                    load.kill()
+            lost = [line for line in server.log_lines() if "worker_lost" in line]
+        finally:
+            stop.set()
+            server.stop()
     return report(args, figures, operator, lost, rss)
 
 

@@ -69,8 +69,11 @@ class RunningServer:
         """Seconds until every worker serves policy ``revision``."""
         started = time.monotonic()
         while time.monotonic() - started < timeout:
-            if self.revisions() == {revision}:
-                return time.monotonic() - started
+            try:
+                if self.revisions() == {revision}:
+                    return time.monotonic() - started
+            except requests.RequestException:  # a busy host: ask again
+                pass
             time.sleep(0.05)
         raise TimeoutError(f"policy revision {revision} not in force after {timeout:.0f} s")
 
