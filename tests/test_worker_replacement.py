@@ -59,6 +59,7 @@ def test_workers_replaced_under_load_lose_no_review(tmp_path: Path, whom: str) -
         before = listening(server.port, server.workers())
         assert all(len(held) == 1 for held in before.values()), before
         slots = set().union(*before.values())
+        master_fds = len(os.listdir(f"/proc/{server.process.pid}/fd"))
         load = start_loadgen(
             build_loadgen(), server, "/validate", body_file(tmp_path),
             c=8, fresh=30, d="9s",
@@ -82,6 +83,8 @@ def test_workers_replaced_under_load_lose_no_review(tmp_path: Path, whom: str) -
         assert not set(after) & replaced
         assert all(len(held) == 1 for held in after.values()), after
         assert set().union(*after.values()) == slots
+        # The master leaks nothing per worker it replaces.
+        assert len(os.listdir(f"/proc/{server.process.pid}/fd")) == master_fds
     finally:
         server.stop()
 

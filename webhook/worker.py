@@ -72,6 +72,7 @@ class EventLoopWorker(Worker):  # type: ignore[misc]
 
     #: The listening socket this worker accepts from (set by the master before fork).
     slot = 0
+    loop: asyncio.AbstractEventLoop
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -81,7 +82,6 @@ class EventLoopWorker(Worker):  # type: ignore[misc]
         self.connections: set[Connection] = set()
         #: Connections waiting (for a request or a handshake), the longest-waiting first.
         self.idle: dict[Connection, None] = {}
-        self.loop = asyncio.new_event_loop()
         self._listener: Listener | None = None
         self._stop_deadline = 0.0
         self._next_heartbeat = 0.0
@@ -93,6 +93,9 @@ class EventLoopWorker(Worker):  # type: ignore[misc]
     # -- gunicorn's Worker interface --------------------------------------------------
 
     def init_process(self) -> None:
+        # Made here, after the fork: the master builds this object, and a loop made there
+        # would leave its descriptors open in the master at every worker it spawns.
+        self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         _raise_file_limit(self.serving.max_connections + 256)
         super().init_process()  # signals, the app, then run()
