@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 from gunicorn.workers.base import Worker
 
-from webhook.connection import HANDSHAKE, Connection, Limits
+from webhook.connection import CLOSED, HANDSHAKE, Connection, Limits
 from webhook.http_messages import Request, WSGIApp, call_application, error_response, wsgi_environ
 from webhook.listeners import Listener
 from webhook.worker_state import WorkerState
@@ -53,6 +53,7 @@ STOP_GRACE_SECONDS = 2.0
 STOP_QUIET_SECONDS = 1.0
 ACCEPT_BATCH = 64
 HANDSHAKES_PER_TURN = 2
+HANDSHAKE_LIFO_AFTER = 32
 
 
 class ServingApp(Protocol):
@@ -197,18 +198,28 @@ class EventLoopWorker(Worker):  # type: ignore[misc]
         self.loop.call_soon(callback)
 
     def queue_handshake(self, connection: Connection) -> None:
-        """TLS handshakes run ``HANDSHAKES_PER_TURN`` per turn of the loop, oldest first:
-        each costs most of a millisecond of CPU, so a burst of new connections delays
-        the requests of established ones by a few milliseconds, not by the whole burst.
-        A queued connection is not watched meanwhile, so waiting costs nothing per turn."""
+        """TLS handshakes run ``HANDSHAKES_PER_TURN`` per turn of the loop: each costs
+        most of a millisecond of CPU, so a burst of new connections delays the requests
+        of established ones by a few milliseconds, not by the whole burst. A queued
+        connection is not watched meanwhile, so waiting costs nothing per turn.
+
+        Oldest first, unless more than ``HANDSHAKE_LIFO_AFTER`` wait: then newest first
+        (adaptive LIFO). In a flood, the oldest are the likeliest to reach their deadline
+        anyway, and serving them first would make every newcomer, the API server's
+        included, wait behind the whole flood."""
         self._handshakes.append(connection)
         if not self._handshake_turn_scheduled:
             self._handshake_turn_scheduled = True
             self.loop.call_soon(self._handshake_turn)
 
     def _handshake_turn(self) -> None:
-        for _ in range(min(HANDSHAKES_PER_TURN, len(self._handshakes))):
-            self._handshakes.popleft().handshake()
+        done = 0
+        while self._handshakes and done < HANDSHAKES_PER_TURN:
+            flood = len(self._handshakes) > HANDSHAKE_LIFO_AFTER
+            connection = self._handshakes.pop() if flood else self._handshakes.popleft()
+            if connection.state != CLOSED:  # closed while waiting: its deadline, or the cap
+                connection.handshake()
+                done += 1
         if self._handshakes:
             self.loop.call_soon(self._handshake_turn)  # next turn, after the I/O
         else:
