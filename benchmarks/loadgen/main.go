@@ -63,8 +63,8 @@ type result struct {
 // errWrong marks an answer (HTTP 200) whose body lacks the -expect text.
 var errWrong = fmt.Errorf("unexpected answer")
 
-// errBehind marks a request still queued in this client when the run ended: every
-// connection was waiting for an answer, for so long that it was never sent.
+// errBehind marks a request that waited in this client longer than the client's timeout
+// before a connection was free to send it: the server had fallen that far behind.
 var errBehind = fmt.Errorf("not sent: the server fell behind")
 
 type recorder struct {
@@ -318,7 +318,7 @@ func main() {
 			go func() {
 				defer wg.Done()
 				for planned := range schedule {
-					if time.Since(deadline) > 0 { // a server that fell behind: not sent
+					if time.Since(planned) > client.Timeout { // would time out unsent anyway
 						steady.record(time.Since(planned), 0, errBehind)
 						continue
 					}
