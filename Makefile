@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup host-packages demo demo-helm drill images test lint unit e2e controlplane tools bench bench-audit clean
+.PHONY: setup host-packages demo demo-helm drill images test lint unit e2e controlplane tools bench bench-audit soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,11 +43,14 @@ lint: setup  ## ruff and mypy --strict
 test: lint host-packages controlplane tools  ## everything CI runs: lint, unit, HTTP/TLS and end-to-end tests
 	$(BIN)/pytest
 
-bench: setup  ## webhook throughput and latency over real gunicorn and TLS
+bench: setup  ## throughput and latency over real gunicorn and TLS: new vs old design, bad clients
 	$(BIN)/python -m benchmarks.bench_webhook
 
 bench-audit: controlplane  ## cluster audit of 5,000 pods on a real kube-apiserver
 	$(BIN)/python -m benchmarks.bench_audit
+
+soak: setup  ## 10 minutes of load while certificates, policy and workers change (not in CI)
+	$(BIN)/python -m benchmarks.soak --minutes 10
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

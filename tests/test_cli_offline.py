@@ -5,7 +5,6 @@ no stdin is involved, as a subprocess where it is."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -344,8 +343,10 @@ USER_ERRORS = {
         ["audit", "--kubeconfig", "{dead}", "--policy", "policies/default_policy.yaml"],
         "cannot reach the Kubernetes API: ",
     ),
-    "unknown worker class": (["serve", "--worker-class", "sync"],
-                             "argument --worker-class: invalid choice: 'sync'"),
+    "a worker class (gone)": (["serve", "--worker-class", "sync"],
+                              "unrecognized arguments: --worker-class sync"),
+    "bad --max-connections": (["serve", "--max-connections", "many"],
+                              "argument --max-connections: invalid int value: 'many'"),
     "unknown log level": (["serve", "--log-level", "loud"], "argument --log-level: invalid choice"),
     "bad audit interval": (["serve", "--audit-interval", "0.1"], "argument --audit-interval"),
     "bad policy": (["policy", "check", "tests/e2e/manifests/job-on-spot.yaml"],
@@ -354,13 +355,6 @@ USER_ERRORS = {
                                   "mixed-kinds.yaml: no policy ConfigMap"),
     "unknown command": (["lint"], "argument COMMAND: invalid choice: 'lint'"),
 }  # fmt: skip
-
-
-if importlib.util.find_spec("gevent") is None:
-    USER_ERRORS["gevent not installed"] = (
-        ["serve", "--worker-class", "gevent"],
-        "--worker-class gevent needs the gevent package (pip install 'spotguard[gevent]')",
-    )
 
 
 @pytest.mark.parametrize("case", sorted(USER_ERRORS), ids=str)

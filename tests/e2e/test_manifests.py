@@ -91,18 +91,18 @@ EXPECTED_RULES: dict[tuple[str, str], list[Manifest]] = {
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
     ],
     ("ClusterRole", "spotguard-cluster-reader"): [
-        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]},
         {
             "apiGroups": [""],
-            "resources": ["pods", "persistentvolumeclaims", "persistentvolumes"],
-            "verbs": ["get"],
+            "resources": ["nodes", "pods", "persistentvolumeclaims", "persistentvolumes"],
+            "verbs": ["list", "watch"],
         },
+        {"apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["list", "watch"]},
     ],
     ("ClusterRole", "spotguard-audit"): [
-        {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["list"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list"]},
         {
             "apiGroups": ["apps"],
-            "resources": ["deployments", "statefulsets", "replicasets", "daemonsets"],
+            "resources": ["deployments", "statefulsets", "replicasets"],
             "verbs": ["list"],
         },
         {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": ["list"]},
@@ -640,12 +640,15 @@ def test_server_identity_can_watch_its_policy_and_record_events(
 
 
 def test_server_identity_is_refused_everything_else(live: Live) -> None:
-    assert live.can(SERVER_SA, "list", "nodes", namespace="default")
-    assert live.can(SERVER_SA, "get", "pods/some-pod", namespace="default")
+    # What the watch caches list and watch (webhook/cluster.py), in every namespace.
+    for resource in ("nodes", "pods", "persistentvolumeclaims", "persistentvolumes"):
+        for verb in ("list", "watch"):
+            assert live.can(SERVER_SA, verb, resource, namespace="default"), (verb, resource)
+    assert live.can(SERVER_SA, "watch", "daemonsets.apps", namespace="default")
     assert live.can(SERVER_SA, "watch", "configmaps/spotguard-policy")
     # The background audit: lists, its Lease, its reports and Events.
-    assert live.can(SERVER_SA, "list", "pods", namespace="team-a")
     assert live.can(SERVER_SA, "list", "deployments.apps", namespace="team-a")
+    assert live.can(SERVER_SA, "list", "namespaces", namespace="default")
     assert live.can(SERVER_SA, "update", "leases.coordination.k8s.io/spotguard-audit")
     assert live.can(SERVER_SA, "create", "policyreports.wgpolicyk8s.io", namespace="team-a")
     assert live.can(SERVER_SA, "create", "events", namespace="team-a")
@@ -656,8 +659,9 @@ def test_server_identity_is_refused_everything_else(live: Live) -> None:
         ("get", "secrets/spotguard-tls", NAMESPACE),
         ("list", "secrets", "team-a"),
         ("get", "nodes/some-node", NAMESPACE),
+        ("get", "pods/some-pod", "team-a"),  # a Binding's pod comes from the cache
         ("create", "pods", NAMESPACE),
-        ("watch", "pods", "team-a"),
+        ("watch", "deployments.apps", "team-a"),
         ("delete", "pods/some-pod", "team-a"),
         ("get", "deployments.apps/web", "team-a"),
         ("delete", "events", NAMESPACE),

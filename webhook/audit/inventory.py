@@ -7,8 +7,8 @@ facts to judge them by.
   page whatever the size of the cluster.
 - Facts (:class:`~policies.decisions.ClusterFacts`), from listings made first: node labels
   (is a pod's node spot?), node and DaemonSet uids (an exemption counts only where the
-  owner a pod names exists with that uid), and, looked up once per claim, whether a PVC
-  is bound to a local volume. Only these small maps are held.
+  owner a pod names exists with that uid), and the claims bound to a ``local``
+  PersistentVolume. Only these small maps are held.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from policies.decisions import ClusterFacts
 from policies.model import Policy, WorkloadKind
@@ -137,35 +136,30 @@ class Inventory:
                 return daemon_sets.get((namespace, name))
             return None
 
+        local = self._local_claims()
         return ClusterFacts(
-            node_labels=labels.get, local_claims=LocalClaims(self._kube), owner_uid=owner_uid
+            node_labels=labels.get,
+            local_claims=lambda namespace, claim: (namespace, claim) in local,
+            owner_uid=owner_uid,
         )
 
-
-class LocalClaims:
-    """Whether a PVC is bound to a ``local`` PersistentVolume, looked up once per claim."""
-
-    def __init__(self, kube: KubeJSON) -> None:
-        self._kube = kube
-        self._known: dict[tuple[str, str], bool] = {}
-
-    def __call__(self, namespace: str, claim: str) -> bool:
-        key = (namespace, claim)
-        if key not in self._known:
-            self._known[key] = self._lookup(namespace, claim)
-        return self._known[key]
-
-    def _lookup(self, namespace: str, claim: str) -> bool:
-        from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
-
-        try:
-            path = f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}"
-            pvc: Any = self._kube.get(path)
-            volume = (pvc.get("spec") or {}).get("volumeName")
-            if not volume:
-                return False
-            pv: Any = self._kube.get(f"/api/v1/persistentvolumes/{volume}")
-        except ApiException as error:
-            log.debug("claim %s/%s: %s", namespace, claim, error.status)
-            return False
-        return (pv.get("spec") or {}).get("local") is not None
+    def _local_claims(self) -> frozenset[tuple[str, str]]:
+        """(namespace, name) of the claims bound to a ``local`` PersistentVolume; only
+        those are kept, out of listings of volumes and claims."""
+        local_volumes = {
+            volume["metadata"]["name"]
+            for page in self._kube.pages("/api/v1/persistentvolumes", self._page_size)
+            for volume in page
+            if (volume.get("spec") or {}).get("local") is not None
+        }
+        if not local_volumes:
+            return frozenset()
+        path = Collection("v1", "PersistentVolumeClaim", "persistentvolumeclaims").path(
+            self._namespace
+        )
+        return frozenset(
+            (claim["metadata"].get("namespace", ""), claim["metadata"]["name"])
+            for page in self._kube.pages(path, self._page_size)
+            for claim in page
+            if (claim.get("spec") or {}).get("volumeName") in local_volumes
+        )
