@@ -270,3 +270,22 @@ def test_background_run_publishes_and_the_gauge_follows_fixes(kube: FakeKube) ->
     background.run_once()
     assert gauge("spot-requires-fault-tolerance", "shop") == 0
     assert gauge("spot-node-binding", "ml") == 1
+
+
+def test_claims_bound_to_local_volumes_keep_trainers_off_spot(kube: FakeKube) -> None:
+    kube.add("v1", "persistentvolumes", {"metadata": {"name": "nvme-1"},
+                                         "spec": {"local": {"path": "/mnt/nvme"}}})  # fmt: skip
+    kube.add("v1", "persistentvolumes", {"metadata": {"name": "ebs-1"}, "spec": {}})
+    for claim, volume in (("scratch", "nvme-1"), ("data", "ebs-1")):
+        metadata = {"name": claim, "namespace": "ml"}
+        kube.add("v1", "persistentvolumeclaims", {"metadata": metadata,
+                                                  "spec": {"volumeName": volume}})  # fmt: skip
+    trainer = {"labels": {"spotguard.dev/fault-tolerant": "true"}, "nodeName": "spot-1",
+               "terminationGracePeriodSeconds": 15}  # fmt: skip
+    for name, claim in (("local-trainer", "scratch"), ("ebs-trainer", "data")):
+        volumes = [{"name": "v", "persistentVolumeClaim": {"claimName": claim}}]
+        kube.add("v1", "pods", pod(name, "ml", volumes=volumes, **trainer))
+    result = audit(kube)
+    assert found(result) == {("local-trainer", "spot-node-binding", FAIL)}
+    (finding,) = result.findings
+    assert "pod uses a local PersistentVolume (PVC scratch)" in finding.message

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -325,6 +326,7 @@ def test_policy_options_take_a_configmap_manifest(
 
 USER_ERRORS = {
     "bad --bind": (["serve", "--bind", "8443"], "argument --bind: '8443' is not ADDRESS:PORT"),
+    "address taken": (["serve", "--bind", "127.0.0.1:{busy}"], "cannot listen on 127.0.0.1:"),
     "bad --metrics-bind port": (
         ["serve", "--metrics-bind", "0.0.0.0:99999"],
         "argument --metrics-bind: '0.0.0.0:99999' is not ADDRESS:PORT",
@@ -367,13 +369,18 @@ def test_user_errors_are_one_line_with_the_problem(case: str, tmp_path: Path) ->
         "users": [{"name": "u", "user": {"token": "t"}}],
         "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
     }))  # fmt: skip
-    args = [arg.replace("{dead}", str(dead)) for arg in args]
+    busy = socket.socket()  # a port someone else listens on
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = str(busy.getsockname()[1])
+    args = [arg.replace("{dead}", str(dead)).replace("{busy}", port) for arg in args]
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
     env.update(HOME=str(tmp_path), KUBECONFIG=str(tmp_path / "none"))  # no cluster here
     result = subprocess.run(
         [sys.executable, "-m", "webhook", *args], capture_output=True, text=True, cwd=REPO,
         timeout=60, check=False, env=env,
     )  # fmt: skip
+    busy.close()
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
