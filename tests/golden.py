@@ -43,6 +43,20 @@ from policies.validate import validate_pod
 
 CASES_DIR = Path(__file__).parent / "cases"
 REGENERATE = os.environ.get("SPOTGUARD_REGENERATE_GOLDEN") == "1"
+#: Stands for the policy's revision (a content hash) in expected files, so a change to a
+#: default rewrites only the cases whose decisions change, not every one that records it.
+REVISION = "<revision>"
+
+
+def without_revision(value: Any, revision: str) -> Any:
+    """``value`` with every occurrence of ``revision`` in its strings replaced by REVISION."""
+    if isinstance(value, str):
+        return value.replace(revision, REVISION)
+    if isinstance(value, dict):
+        return {key: without_revision(item, revision) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_revision(item, revision) for item in value]
+    return value
 
 
 class _ReadableDumper(yaml.SafeDumper):
@@ -157,6 +171,11 @@ def run_mutate(case: Case) -> tuple[dict[str, Any], dict[str, Any], list[dict[st
     decision = mutate_pod(case.pod, case.context, case.policy)
     admitted = decision.mutated if decision.mode is Mode.ENFORCE and decision.mutated else case.pod
     return admitted, _mutation_summary(decision), make_patch(case.pod, admitted)
+
+
+def expected_form(case: Case, value: Any) -> Any:
+    """An output as the expected files hold it: the policy revision replaced by REVISION."""
+    return without_revision(value, case.policy.revision)
 
 
 def _mutation_summary(decision: Any) -> dict[str, Any]:
