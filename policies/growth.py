@@ -1,0 +1,80 @@
+"""Growth bounds: what spotguard adds never turns a valid object into one the API refuses.
+
+Two limits apply to what a mutating webhook returns, whatever the object:
+
+- annotations: at most 256 KiB in total, keys plus values
+  (``TotalAnnotationSizeLimitB`` in ``k8s.io/apimachinery/pkg/api/validation``);
+- the object: it is stored in one etcd request, and etcd refuses requests over 1.5 MiB by
+  default (``DefaultMaxRequestBytes`` in ``go.etcd.io/etcd/server/v3/embed``). The API
+  server itself reads request bodies up to 3 MiB (``MaxRequestBodyBytes`` in
+  ``k8s.io/apiserver/pkg/server``), so an object may arrive larger than it can be stored.
+
+The object's size is measured as compact JSON, which is never smaller than the protobuf
+the API server stores built-in kinds in, so the bound errs on the safe side. An object
+that is already over a limit is not made larger. What does not fit is dropped in order of
+weight and a warning says so: first spotguard's ``injected`` record, then the checkpoint
+hook, its environment and volume (about 1.5 KB per container); the placement changes
+(tolerations, affinity, grace period) are dropped only if even they do not fit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from policies.annotations import INJECTED
+
+TOTAL_ANNOTATION_BYTES = 256 * 1024
+MAX_OBJECT_BYTES = 1536 * 1024
+
+
+def annotation_bytes(obj: Mapping[str, Any]) -> int:
+    """Total size of an object's annotations as the API server counts it (UTF-8 bytes)."""
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    return sum(
+        len(str(key).encode("utf-8", "surrogatepass"))
+        + len(str(value).encode("utf-8", "surrogatepass"))
+        for key, value in annotations.items()
+    )
+
+
+def object_bytes(obj: Any) -> int:
+    """Size of the object as compact JSON."""
+    try:
+        return len(orjson.dumps(obj))
+    except TypeError:  # a key orjson refuses (YAML read by the CLI may have int keys)
+        return len(json.dumps(obj, separators=(",", ":"), default=str).encode())
+
+
+def overflow(original: Mapping[str, Any], mutated: Mapping[str, Any]) -> str:
+    """Which limit the mutation pushes the object past ("" when it fits).
+
+    A limit the original already exceeded counts as passed whenever the mutation grows
+    what it measures: spotguard must not make a refused object worse.
+    """
+    before, after = annotation_bytes(original), annotation_bytes(mutated)
+    if after > before and after > TOTAL_ANNOTATION_BYTES:
+        return f"annotations would total {after} bytes, over the API's {TOTAL_ANNOTATION_BYTES}"
+    size = object_bytes(mutated)
+    if size > MAX_OBJECT_BYTES and size > object_bytes(original):
+        return f"the object would be {size} bytes, over the {MAX_OBJECT_BYTES} etcd stores"
+    return ""
+
+
+def without_record(original: Mapping[str, Any], mutated: dict[str, Any]) -> dict[str, Any]:
+    """``mutated`` with spotguard's ``injected`` record as the original had it."""
+    metadata = dict(mutated.get("metadata") or {})
+    annotations = dict(metadata.get("annotations") or {})
+    previous = ((original.get("metadata") or {}).get("annotations") or {}).get(INJECTED)
+    if previous is None:
+        annotations.pop(INJECTED, None)
+    else:
+        annotations[INJECTED] = previous
+    if annotations or "annotations" in (original.get("metadata") or {}):
+        metadata["annotations"] = annotations
+    else:
+        metadata.pop("annotations", None)
+    return {**mutated, "metadata": metadata}
