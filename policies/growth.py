@@ -57,10 +57,10 @@ def overflow(original: Mapping[str, Any], mutated: Mapping[str, Any]) -> str:
     """
     before, after = annotation_bytes(original), annotation_bytes(mutated)
     if after > before and after > TOTAL_ANNOTATION_BYTES:
-        return f"annotations would total {after} bytes, over the API's {TOTAL_ANNOTATION_BYTES}"
+        return f"annotations would total {after} bytes, more than the API allows ({TOTAL_ANNOTATION_BYTES})"
     size = object_bytes(mutated)
     if size > MAX_OBJECT_BYTES and size > object_bytes(original):
-        return f"the object would be {size} bytes, over the {MAX_OBJECT_BYTES} etcd stores"
+        return f"the object would be {size} bytes, more than etcd stores ({MAX_OBJECT_BYTES})"
     return ""
 
 

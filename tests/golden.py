@@ -2,9 +2,12 @@
 
 Files of a case:
 - ``case.yaml``: ``description``, ``webhook`` (mutate | validate | binding), optional
-  ``namespace`` (default ``default``), ``operation`` (default ``CREATE``) and ``userInfo``
+  ``namespace`` (default ``default``), ``operation`` (default ``CREATE``), ``userInfo``
   (``username``, ``groups``: who sends the request, as the API server authenticated them;
-  absent: nobody in particular, so no identity exempts anything);
+  absent: nobody in particular, so no identity exempts anything) and ``padding`` (a list of
+  ``{path: [field, ...], bytes: N}``: a string of N bytes put at that path of the reviewed
+  object before the review, for cases about size limits; expected files show it as
+  ``<N bytes of padding>``);
 - ``policy.yaml`` (optional): the policy document; absent means the built-in default;
 - what is under review, one of:
   - ``pod.yaml`` (and ``old-pod.yaml`` for an UPDATE): a Pod;
@@ -67,14 +70,30 @@ REVISION = "<revision>"
 
 
 def without_revision(value: Any, revision: str) -> Any:
-    """``value`` with every occurrence of ``revision`` in its strings replaced by REVISION."""
+    """``value`` with every occurrence of ``revision`` in its strings replaced by REVISION,
+    and each padding string (see ``padding`` in case.yaml) by its size."""
     if isinstance(value, str):
+        if len(value) >= 1024 and value == PAD * len(value):
+            return f"<{len(value)} bytes of padding>"
         return value.replace(revision, REVISION)
     if isinstance(value, dict):
         return {key: without_revision(item, revision) for key, item in value.items()}
     if isinstance(value, list):
         return [without_revision(item, revision) for item in value]
     return value
+
+
+PAD = "x"
+
+
+def _pad(obj: dict[str, Any], paddings: list[dict[str, Any]]) -> None:
+    """Put each padding string at its path, creating the mappings on the way."""
+    for padding in paddings:
+        *parents, last = padding["path"]
+        node: Any = obj
+        for step in parents:
+            node = node[step] if isinstance(step, int) else node.setdefault(step, {})
+        node[last] = PAD * int(padding["bytes"])
 
 
 class _ReadableDumper(yaml.SafeDumper):
@@ -168,6 +187,7 @@ def load_case(directory: Path) -> Case:
     else:
         subject, kind, reviewed = "pod", POD_KIND, _load(directory / "pod.yaml")
         old = _optional(directory / "old-pod.yaml")
+    _pad(reviewed, meta.get("padding") or [])
     request = Request(
         kind=kind,
         operation=Operation(meta.get("operation", "CREATE")),
