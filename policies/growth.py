@@ -57,7 +57,8 @@ def overflow(original: Mapping[str, Any], mutated: Mapping[str, Any]) -> str:
     """
     before, after = annotation_bytes(original), annotation_bytes(mutated)
     if after > before and after > TOTAL_ANNOTATION_BYTES:
-        return f"annotations would total {after} bytes, more than the API allows ({TOTAL_ANNOTATION_BYTES})"
+        limit = TOTAL_ANNOTATION_BYTES
+        return f"annotations would total {after} bytes, more than the API allows ({limit})"
     size = object_bytes(mutated)
     if size > MAX_OBJECT_BYTES and size > object_bytes(original):
         return f"the object would be {size} bytes, more than etcd stores ({MAX_OBJECT_BYTES})"
