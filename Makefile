@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint unit e2e controlplane bench clean
+.PHONY: setup demo test lint unit e2e controlplane bench fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ test: lint controlplane  ## everything CI runs: lint, unit, HTTP/TLS and end-to-
 
 bench: setup  ## webhook throughput and latency over real gunicorn and TLS
 	$(BIN)/python -m benchmarks.bench_webhook
+
+fuzz: setup  ## the property tests on 1,000,000 random cases, both cores, at most an hour
+	$(BIN)/python -m tests.fuzz --cases 1000000 --jobs 2 --max-seconds 3600
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
