@@ -20,12 +20,16 @@ hook, its environment and volume (about 1.5 KB per container); the placement cha
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
 from policies.annotations import INJECTED
+from policies.model import Policy
+from policies.pods import JSONObject
+from policies.verdict import MutationVerdict
 
 TOTAL_ANNOTATION_BYTES = 256 * 1024
 MAX_OBJECT_BYTES = 1536 * 1024
@@ -79,3 +83,46 @@ def without_record(original: Mapping[str, Any], mutated: dict[str, Any]) -> dict
     else:
         metadata.pop("annotations", None)
     return {**mutated, "metadata": metadata}
+
+
+def lean(policy: Policy) -> Policy:
+    """The policy without its heavy injections (checkpoint hook, environment, volume)."""
+    inject = policy.inject
+    return replace(
+        policy,
+        inject=replace(
+            inject,
+            pre_stop=replace(inject.pre_stop, enabled=False),
+            checkpoint=replace(inject.checkpoint, claim_name=None, env=False),
+        ),
+    )
+
+
+def bounded(
+    original: JSONObject, mutate: Callable[[Policy], MutationVerdict], policy: Policy
+) -> MutationVerdict:
+    """The mutation, or the largest part of it that keeps the object within the API's limits.
+
+    Tried in order: everything; without spotguard's ``injected`` record; without the
+    checkpoint hook, environment and volume; nothing. Each step down is a warning.
+    """
+    full: MutationVerdict = mutate(policy)
+    if full.patched is None:
+        return full
+    reason = overflow(original, full.patched)
+    if not reason:
+        return full
+    candidates = [(full, without_record(original, full.patched), "spotguard's injected record")]
+    slim: MutationVerdict = mutate(lean(policy))
+    if slim.patched is not None:
+        dropped = "the checkpoint hook, its environment and volume"
+        candidates += [
+            (slim, slim.patched, dropped),
+            (slim, without_record(original, slim.patched), f"{dropped}, and the record"),
+        ]
+    for verdict, patched, dropped in candidates:
+        if not overflow(original, patched):
+            note = f"spotguard: {reason}; not injected: {dropped}"
+            return replace(verdict, patched=patched, warnings=(*verdict.warnings, note))
+    note = f"spotguard: {reason}; nothing injected"
+    return replace(full, patched=None, changes=(), rules=(), warnings=(*full.warnings, note))

@@ -42,7 +42,7 @@ from policies.exemptions import (
     pod_exemption,
     template_exemption,
 )
-from policies.growth import overflow, without_record
+from policies.growth import bounded
 from policies.model import Mode, Policy, WorkloadKind
 from policies.mutate import mutate_pod
 from policies.objects import mutate_object, validate_object
@@ -281,7 +281,7 @@ def _review_pod(
         return replace(verdict, exemption=exemption)
     mutation = None
     if Phase.MUTATE in phases:
-        mutation = _bounded(pod, lambda p: _pod_mutation(pod, mutate_pod(pod, context, p)), policy)
+        mutation = bounded(pod, lambda p: _pod_mutation(pod, mutate_pod(pod, context, p)), policy)
     validation = None
     if Phase.VALIDATE in phases:
         judged = mutation.patched if mutation and mutation.patched is not None else pod
@@ -323,7 +323,7 @@ def _review_workload(
     old = request.old_object
     mutation = None
     if Phase.MUTATE in phases:
-        mutation = _bounded(
+        mutation = bounded(
             obj, lambda p: _workload_mutation(obj, mutate_object(obj, context, p, old), p), policy
         )
     validation = None
@@ -371,44 +371,3 @@ def _review_binding(
     validation = validate_binding(binding, pod, context, policy)
     mutation = MutationVerdict(binding) if Phase.MUTATE in phases else None
     return replace(verdict, mutation=mutation, validation=validation)
-
-
-def lean(policy: Policy) -> Policy:
-    """The policy without its heavy injections (checkpoint hook, environment, volume)."""
-    inject = policy.inject
-    return replace(
-        policy,
-        inject=replace(
-            inject,
-            pre_stop=replace(inject.pre_stop, enabled=False),
-            checkpoint=replace(inject.checkpoint, claim_name=None, env=False),
-        ),
-    )
-
-
-def _bounded(original: JSONObject, mutate: Any, policy: Policy) -> MutationVerdict:
-    """The mutation, or the largest part of it that keeps the object within the API's limits.
-
-    Tried in order: everything; without spotguard's ``injected`` record; without the
-    checkpoint hook, environment and volume; nothing. Each step down is a warning.
-    """
-    full: MutationVerdict = mutate(policy)
-    if full.patched is None:
-        return full
-    reason = overflow(original, full.patched)
-    if not reason:
-        return full
-    candidates = [(full, without_record(original, full.patched), "spotguard's injected record")]
-    slim: MutationVerdict = mutate(lean(policy))
-    if slim.patched is not None:
-        dropped = "the checkpoint hook, its environment and volume"
-        candidates += [
-            (slim, slim.patched, dropped),
-            (slim, without_record(original, slim.patched), f"{dropped}, and the record"),
-        ]
-    for verdict, patched, dropped in candidates:
-        if not overflow(original, patched):
-            note = f"spotguard: {reason}; not injected: {dropped}"
-            return replace(verdict, patched=patched, warnings=(*verdict.warnings, note))
-    note = f"spotguard: {reason}; nothing injected"
-    return replace(full, patched=None, changes=(), rules=(), warnings=(*full.warnings, note))
