@@ -74,6 +74,6 @@ __all__ = [
     "batches", "binding", "bindings", "cluster", "cluster_data", "decoded", "json_values",
     "junk_batches", "node_selector_term", "pod", "pod_metadata", "pod_spec", "pods",
     "policies", "policy", "policy_document", "policy_documents", "requester", "requesters",
-    "requirements", "scenarios", "template", "templates", "toleration_lists", "tolerations", "workload",
-    "workloads",
+    "requirements", "scenarios", "template", "templates", "toleration_lists", "tolerations",
+    "workload", "workloads",
 ]  # fmt: skip
