@@ -9,9 +9,11 @@ exact (a fraction, never a float), rounded up to the nanounit as Kubernetes roun
 Two bounds Kubernetes does not have keep a hostile value cheap and meaningful: the text
 is at most :data:`MAX_LENGTH` characters, and a value whose magnitude exceeds 2^63-1 (the
 largest quantity Kubernetes keeps in canonical form) is refused rather than computed, so
-neither ``1e999999999`` nor a 400-digit number costs more than reading it. The kubernetes
-client's ``parse_quantity`` is not used: it reads through ``decimal`` with its 28-digit
-context, accepts whitespace, ``K`` and ``Infinity``, and rounds what it cannot hold.
+neither ``1e999999999`` nor a 400-digit number costs more than reading it; an exponent
+beyond int32 is refused too (Kubernetes wraps it: ``1e4294967297`` is 10 there). The
+kubernetes client's ``parse_quantity`` is not used: it reads through ``decimal`` with its
+28-digit context, accepts whitespace, ``K`` and ``Infinity``, and rounds what it cannot
+hold. tests/test_quantity_oracle.py checks this module against apimachinery's own parser.
 """
 
 from __future__ import annotations
@@ -63,6 +65,13 @@ def parse_quantity(text: str) -> Fraction:
     if match is None:
         raise QuantityError("it is not a number with an optional unit, such as 16Gi or 500M")
     base, exponent = _scale(match["suffix"])
+    if not (match["whole"] or match["fraction"]):
+        # No digit at all ("+", ".", "Gi"): Kubernetes reads 0 where its int64 fast path
+        # applies, and refuses it where it falls back to exact decimals, which need a
+        # digit (binary suffixes from Pi up, decimal exponents below -9).
+        if (base == 2 and exponent >= 50) or (base == 10 and exponent < -9):
+            raise QuantityError("it has no digits")
+        return Fraction(0)
     fraction = match["fraction"] or ""
     mantissa = int((match["whole"] or "0") + fraction)
     if mantissa == 0:

@@ -66,6 +66,14 @@ def test_what_is_not_a_usable_quantity_is_refused_with_the_reason(text: str, rea
         parse_quantity(text)
 
 
+def test_no_digit_is_zero_only_where_kubernetes_reads_zero() -> None:
+    for text in ("+", ".", "-.", "Gi", "Ti", "n", "e-9"):
+        assert parse_quantity(text) == 0
+    for text in ("Pi", "+.Ei", "e-10"):  # Kubernetes' exact-decimal path needs a digit
+        with pytest.raises(QuantityError, match="no digits"):
+            parse_quantity(text)
+
+
 def test_the_largest_quantity_and_tiny_ones() -> None:
     assert parse_quantity("9223372036854775807") == 2**63 - 1
     assert parse_quantity("7Ei") == 7 * 2**60
