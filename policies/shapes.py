@@ -57,8 +57,7 @@ class Scalar:
     description: str
 
     def check(self, value: Any, path: str, problems: list[str]) -> None:
-        ok = isinstance(value, self.type) and not (self.type is int and isinstance(value, bool))
-        if not ok:
+        if type(value) is not self.type:  # JSON decodes to exact types; bool is no int
             problems.append(f"{path}: must be {self.description}")
 
 
@@ -76,14 +75,17 @@ class Fields:
     not_null: frozenset[str] = field(default_factory=frozenset)
 
     def check(self, value: Any, path: str, problems: list[str]) -> None:
-        if not isinstance(value, dict):
+        if type(value) is not dict:
             problems.append(f"{path}: must be a mapping")
             return
-        for name, shape in self.fields.items():
-            item = value.get(name)
-            if item is not None:
+        fields = self.fields
+        # The object's own keys (a handful) rather than every field the shape knows.
+        for name, item in value.items():
+            shape = fields.get(name)
+            if shape is not None and item is not None:
                 shape.check(item, f"{path}.{name}", problems)
-            elif name in self.not_null and name in value:
+        for name in self.not_null:
+            if name in value and value[name] is None:
                 problems.append(f"{path}.{name}: must be a mapping, not null")
 
 
@@ -92,14 +94,16 @@ class ListOf:
     item: Shape
 
     def check(self, value: Any, path: str, problems: list[str]) -> None:
-        if not isinstance(value, list):
+        if type(value) is not list:
             problems.append(f"{path}: must be a list")
             return
+        item_shape = self.item
         for index, item in enumerate(value):
-            if item is None and not isinstance(self.item, Scalar):
-                problems.append(f"{path}[{index}]: must be a mapping")
-            elif item is not None:
-                self.item.check(item, f"{path}[{index}]", problems)
+            if item is None:
+                if not isinstance(item_shape, Scalar):
+                    problems.append(f"{path}[{index}]: must be a mapping")
+            else:
+                item_shape.check(item, f"{path}[{index}]", problems)
             if len(problems) > MAX_PROBLEMS:
                 return
 
@@ -111,12 +115,16 @@ class MapOf:
     value: Shape
 
     def check(self, value: Any, path: str, problems: list[str]) -> None:
-        if not isinstance(value, dict):
+        if type(value) is not dict:
             problems.append(f"{path}: must be a mapping")
             return
+        value_shape = self.value
+        if value_shape is STRING:  # labels and annotations: many, and all strings
+            if all(type(item) is str or item is None for item in value.values()):
+                return
         for key, item in value.items():
             if item is not None:
-                self.value.check(item, f"{path}[{key}]", problems)
+                value_shape.check(item, f"{path}[{key}]", problems)
             if len(problems) > MAX_PROBLEMS:
                 return
 

@@ -184,6 +184,8 @@ def test_a_forged_mirror_annotation_exempts_nothing(
         pinned = with_metadata(pod(f"forged-mirror-{group}", nodeName=node), annotations=mirror)
         code, output = apply(cluster, pinned, *as_user(namespace))
         assert code != 0 and f"spot node {node}" in output, output
+    # A template with the annotation (and so, for the API server, a nodeName): its pods
+    # would be mirror pods by their fields alone. Templates are never exempt by fields.
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -193,7 +195,7 @@ def test_a_forged_mirror_annotation_exempts_nothing(
             "template": {
                 "metadata": {"labels": {"app": "forged-template"}, "annotations": mirror},
                 "spec": {
-                    "tolerations": [AKS_TOLERATION],
+                    "nodeName": SPOT_UNTAINTED,
                     "containers": [{"name": "c", "image": "registry.example/app:1"}],
                 },
             },
