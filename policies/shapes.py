@@ -119,9 +119,9 @@ class MapOf:
             problems.append(f"{path}: must be a mapping")
             return
         value_shape = self.value
-        if value_shape is STRING:  # labels and annotations: many, and all strings
-            if all(type(item) is str or item is None for item in value.values()):
-                return
+        # Labels and annotations: many, and all strings, so check the common case at once.
+        if value_shape is STRING and all(type(v) is str or v is None for v in value.values()):
+            return
         for key, item in value.items():
             if item is not None:
                 value_shape.check(item, f"{path}[{key}]", problems)
