@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -108,7 +109,11 @@ def settled(
         ):
             return found
         time.sleep(0.3)
-    raise TimeoutError(f"the scheduler did not decide on pod {name} in {timeout:.0f} s")
+    # A pod that may only reach spot nodes, and whose bindings to them spotguard refuses,
+    # ends here: kept off spot by the binding check alone, which admission should have
+    # decided (denied, or affinity that reaches no spot node).
+    conditions = get(cluster, "pod", name, namespace).get("status", {}).get("conditions")
+    raise TimeoutError(f"the scheduler did not place pod {name} in {timeout:.0f} s: {conditions}")
 
 
 def assert_denied_or_kept_off_spot(
@@ -338,28 +343,73 @@ def required(*terms: dict[str, Any]) -> dict[str, Any]:
         "nodeSelectorTerms": list(terms)}}}  # fmt: skip
 
 
-LINUX = {"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]}]}
+def with_affinity(manifest: dict[str, Any], affinity: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` with the required terms of ``affinity`` beside its spot preference."""
+    node_affinity = manifest["spec"]["affinity"]["nodeAffinity"]
+    node_affinity.update(affinity["nodeAffinity"])
+    return manifest
+
+
+def expressions(*found: dict[str, Any]) -> dict[str, Any]:
+    return {"matchExpressions": list(found)}
 
 
 @NEEDS_PLACEMENT
 @pytest.mark.parametrize(
-    ("name", "affinity"),
+    ("name", "term"),
     [
-        ("not-in-on-demand", required({"matchExpressions": [
-            {"key": EKS_CAPACITY, "operator": "NotIn", "values": ["ON_DEMAND"]}]})),
-        ("exists", required({"matchExpressions": [{"key": EKS_CAPACITY, "operator": "Exists"}]})),
-        ("gt-lt", required({"matchExpressions": [{"key": EKS_CAPACITY, "operator": "Lt",
-                                                   "values": ["1"]}]}, LINUX)),
-        ("empty-term", required({}, LINUX)),
+        ("not-in-on-demand", expressions(
+            {"key": EKS_CAPACITY, "operator": "NotIn", "values": ["ON_DEMAND"]})),
+        ("exists", expressions({"key": EKS_CAPACITY, "operator": "Exists"})),
     ],
 )  # fmt: skip
 def test_affinity_dialects_reach_no_spot_node(
-    cluster: ControlPlane, enforce: Webhook, namespace: str, name: str, affinity: dict[str, Any]
+    cluster: ControlPlane, enforce: Webhook, namespace: str, name: str, term: dict[str, Any]
 ) -> None:
-    manifest = pod(name)
-    manifest["spec"]["affinity"] = {**affinity, "nodeAffinity": {
-        **manifest["spec"]["affinity"]["nodeAffinity"], **affinity["nodeAffinity"]}}  # fmt: skip
+    """Terms that name the spot label with another operator than In still reach spot."""
+    manifest = with_affinity(pod(name), required(term))
     assert_denied_or_kept_off_spot(cluster, namespace, manifest)
+
+
+@pytest.fixture
+def tiered_node(cluster: ControlPlane) -> Iterator[str]:
+    """A tainted spot node that also carries an integer label (a preemption tier)."""
+    node = node_group("spot-tainted").node_names[1]
+    cluster.kubectl("label", "node", node, f"{TIER}=3", "--overwrite", check=True)
+    yield node
+    cluster.kubectl("label", "node", node, f"{TIER}-")
+
+
+TIER = "example.com/preemption-tier"
+
+
+@NEEDS_PLACEMENT
+def test_gt_on_a_spot_label_reaches_no_spot_node(
+    cluster: ControlPlane, webhook: Webhook, namespace: str, tiered_node: str
+) -> None:
+    """A policy that knows some spot nodes by an integer label (tier 3): a term asking for
+    ``tier Gt 2`` selects exactly those, whatever the other spot labels say."""
+    policy = f"spotNodes:\n  presets: [eks]\n  labels: [{{key: {TIER}, values: ['3']}}]\n"
+    manifest = with_affinity(
+        pod("tier-above-2", tolerations=[AKS_TOLERATION]),
+        required(expressions({"key": TIER, "operator": "Gt", "values": ["2"]})),
+    )
+    with webhook.policy(policy):
+        assert_denied_or_kept_off_spot(cluster, namespace, manifest)
+
+
+@NEEDS_PLACEMENT
+def test_an_empty_term_keeps_matching_no_node(
+    cluster: ControlPlane, enforce: Webhook, namespace: str
+) -> None:
+    """An empty nodeSelectorTerm matches no node; requirements ANDed into it would make it
+    match some. The pod is denied, or the scheduler still finds no node for it."""
+    code, output = apply(cluster, with_affinity(pod("empty-term"), required({})), "-n", namespace)
+    if code != 0:
+        assert "denied the request: spotguard denied" in output, output
+        return
+    found = settled(cluster, namespace, "empty-term")
+    assert found["spec"].get("nodeName") is None, f"an empty term matched {found['spec']}"
 
 
 @NEEDS_PLACEMENT
@@ -367,12 +417,16 @@ def test_a_value_any_taint_is_tolerated_by_an_equal_toleration(
     cluster: ControlPlane, webhook: Webhook, namespace: str
 ) -> None:
     """A policy taint without a value stands for any value: an Equal toleration of the
-    node's actual value tolerates it, so a pod that is not fault-tolerant is denied."""
+    node's actual value tolerates it, so a pod that is not fault-tolerant is denied. (The
+    policy knows the tainted spot nodes by their taint alone, as a self-managed pool may.)"""
     policy = (
-        "spotNodes:\n  presets: [eks]\n"
-        f"  labels: [{{key: {AKS_PRIORITY}, values: [spot]}}]\n"
-        f"  taints: [{{key: {AKS_PRIORITY}, effect: NoSchedule}}]\n"
+        f"spotNodes:\n  presets: [eks]\n  taints: [{{key: {AKS_PRIORITY}, effect: NoSchedule}}]\n"
     )
+    tolerating = pod("equal-to-any", tolerations=[AKS_TOLERATION])
+    prefer_tainted_spot = expressions({"key": AKS_PRIORITY, "operator": "In", "values": ["spot"]})
+    preferred = [{"weight": 100, "preference": prefer_tainted_spot}]
+    tolerating["spec"]["affinity"]["nodeAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ] = preferred
     with webhook.policy(policy):
-        tolerating = pod("equal-to-any", tolerations=[AKS_TOLERATION])
         assert_denied_or_kept_off_spot(cluster, namespace, tolerating)
