@@ -16,6 +16,10 @@ What is checked, for every pod, workload and binding the strategies generate:
   a spot toleration or selector on a pod that must stay off spot, a ``spec.nodeName`` of a
   spot (or, with ``unknownNodes: deny``, unknown) node, a grace period longer than the
   notice window, a checkpoint that does not fit, a steering annotation that names nothing;
+- a pod that must stay off spot (not fault-tolerant, or a poor candidate, its rule and
+  ``keep-off-spot`` in enforce mode) and that validation admits cannot be placed on any
+  node the policy counts as spot (:func:`policies.placement.can_reach_spot`, the model
+  checked against kube-scheduler);
 - a fault-tolerant pod that may use spot (no poor-candidate rule in enforce mode keeps it
   off) tolerates every spot taint when the policy injects tolerations, and has a preStop
   hook in each container the policy (or a valid annotation) picks when it injects hooks;
@@ -42,6 +46,7 @@ from policies.candidates import is_fault_tolerant, poor_candidate_reasons
 from policies.decisions import PodContext
 from policies.model import Mode, Policy, Rule
 from policies.paths import value_at
+from policies.placement import can_reach_spot
 from policies.pods import annotations_of, regular_containers, spec_of, tolerates
 from policies.review import Malformed, Operation, Phase, review
 from policies.verdict import Subject, Verdict
@@ -116,6 +121,7 @@ def check_pod(scenario: Scenario) -> None:
     _check_patch(scenario, verdict)
     _check_validation_not_worse(scenario, verdict)
     _check_fault_tolerant_pod(scenario, verdict)
+    _check_kept_off_spot(scenario, verdict)
 
 
 def check_workload(scenario: Scenario) -> None:
@@ -216,6 +222,35 @@ def _goes_to_spot(pod: JSON, scenario: Scenario) -> bool:
         return False
     context = PodContext(scenario.request.namespace, "CREATE", scenario.facts)
     return not any(r.mode is Mode.ENFORCE for r in poor_candidate_reasons(pod, context, policy))
+
+
+def _check_kept_off_spot(scenario: Scenario, verdict: Verdict) -> None:
+    policy, request = scenario.policy, scenario.request
+    pod = request.object
+    if verdict.mutation is None or pod is None:
+        return  # exempt: nothing applies
+    if (
+        verdict.subject is not Subject.POD
+        or verdict.exemption
+        or request.operation is not Operation.CREATE
+        or spec_of(pod).get("nodeName")
+        or not verdict.allowed
+        or policy.mode_of(Rule.KEEP_OFF_SPOT) is not Mode.ENFORCE
+        or any(w.endswith("nothing injected") for w in verdict.mutation.warnings)
+    ):
+        return
+    if is_fault_tolerant(pod, policy):
+        context = PodContext(request.namespace, "CREATE", scenario.facts)
+        reasons = poor_candidate_reasons(pod, context, policy)
+        if not any(reason.mode is Mode.ENFORCE for reason in reasons):
+            return  # it may use spot
+    elif policy.mode_of(Rule.SPOT_REQUIRES_FAULT_TOLERANCE) is not Mode.ENFORCE:
+        return  # the policy lets pods that are not fault-tolerant onto spot
+    result = verdict.mutation.patched if verdict.mutation.patched is not None else pod
+    assert not can_reach_spot(spec_of(result), policy), (
+        "a pod that must stay off spot, admitted, can still reach a spot node\n"
+        + _story(scenario, verdict)
+    )
 
 
 def _check_fault_tolerant_pod(scenario: Scenario, verdict: Verdict) -> None:

@@ -36,11 +36,6 @@ HARNESS_POLICY = (
     "    - system:serviceaccount:kube-system:daemon-set-controller\n"
     f"    - system:kube-controller-manager\n    - {ADMIN_USER}\n"
 )
-#: Placement semantics exact to the scheduler are issue 9's item 2 (policies/placement.py).
-NEEDS_PLACEMENT = pytest.mark.xfail(
-    reason="needs the scheduler-exact placement model (policies/placement.py), merged later",
-    strict=False,
-)
 
 
 def as_user(namespace: str, user: str = USER) -> tuple[str, ...]:
@@ -354,7 +349,6 @@ def expressions(*found: dict[str, Any]) -> dict[str, Any]:
     return {"matchExpressions": list(found)}
 
 
-@NEEDS_PLACEMENT
 @pytest.mark.parametrize(
     ("name", "term"),
     [
@@ -383,7 +377,6 @@ def tiered_node(cluster: ControlPlane) -> Iterator[str]:
 TIER = "example.com/preemption-tier"
 
 
-@NEEDS_PLACEMENT
 def test_gt_on_a_spot_label_reaches_no_spot_node(
     cluster: ControlPlane, webhook: Webhook, namespace: str, tiered_node: str
 ) -> None:
@@ -398,7 +391,6 @@ def test_gt_on_a_spot_label_reaches_no_spot_node(
         assert_denied_or_kept_off_spot(cluster, namespace, manifest)
 
 
-@NEEDS_PLACEMENT
 def test_an_empty_term_keeps_matching_no_node(
     cluster: ControlPlane, enforce: Webhook, namespace: str
 ) -> None:
@@ -412,7 +404,6 @@ def test_an_empty_term_keeps_matching_no_node(
     assert found["spec"].get("nodeName") is None, f"an empty term matched {found['spec']}"
 
 
-@NEEDS_PLACEMENT
 def test_a_value_any_taint_is_tolerated_by_an_equal_toleration(
     cluster: ControlPlane, webhook: Webhook, namespace: str
 ) -> None:

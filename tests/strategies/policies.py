@@ -44,7 +44,8 @@ _CUSTOM_TAINT_LISTS = st.sampled_from(
       {"key": "lifecycle", "effect": "NoExecute"}]]
 )  # fmt: skip
 _NOTICE = st.sampled_from([None, 15, 30, 110, 600])
-_MODE = st.sampled_from(MODES)
+#: Enforce most often: most properties are about what enforce mode guarantees.
+_MODE = st.sampled_from(["enforce", "enforce", "enforce", *MODES])
 _RULE_MODES = st.lists(_MODE, min_size=len(RULE_KEYS), max_size=len(RULE_KEYS))
 _SELECTOR: st.SearchStrategy[JSON] = st.sampled_from(
     [{}, {"matchLabels": {"example.com/preemptible": "yes"}},
