@@ -28,7 +28,6 @@ from policies.review import (
     review,
 )
 from webhook.cluster import NO_CLUSTER, ClusterAccess
-from webhook.interim_facts import with_interim_lookups
 from webhook.review import (
     AdmissionResponse,
     BadReview,
@@ -152,7 +151,12 @@ class Reviewer:
     """Answers both webhooks; ``cluster`` supplies node labels, stored pods and owners."""
 
     def __init__(self, cluster: ClusterAccess = NO_CLUSTER) -> None:
-        self._facts: ClusterFacts = with_interim_lookups(cluster)
+        self._cluster = cluster
+
+    @property
+    def _facts(self) -> ClusterFacts:
+        """The cluster's facts, served from its watch caches (no API call per review)."""
+        return self._cluster.facts
 
     def answer(
         self, request: Request, policy: Policy, phase: Phase
