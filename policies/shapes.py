@@ -217,7 +217,10 @@ WORKLOAD = Fields(
     {
         "apiVersion": STRING,
         "kind": STRING,
-        "metadata": Fields({"name": STRING, "generateName": STRING, "namespace": STRING}),
+        # The growth bound sums the object's own annotations too.
+        "metadata": Fields(
+            {"name": STRING, "generateName": STRING, "namespace": STRING, "annotations": STRING_MAP}
+        ),
     },
     frozenset({"metadata"}),
 )

@@ -123,6 +123,10 @@ def test_malformed_workloads_and_bindings_name_the_field() -> None:
     assert malformed(job, GroupVersionKind("batch", "v1", "Job")) == [
         "object.metadata: must be a mapping"
     ]
+    annotated = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"annotations": True}}
+    assert malformed(annotated, GroupVersionKind("batch", "v1", "Job")) == [
+        "object.metadata.annotations: must be a mapping"
+    ]  # found by make fuzz: the growth bound read them unchecked
     binding = {"kind": "Binding", "metadata": {"name": "p"}, "target": "node-1"}
     assert malformed(binding, GroupVersionKind("", "v1", "Binding")) == [
         "object.target: must be a mapping"
