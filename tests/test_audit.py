@@ -105,6 +105,7 @@ def test_exemptions_hold_only_when_the_cluster_confirms_them(kube: FakeKube) -> 
     assert {f.name for f in result.findings} == {
         "forged-ds", "ghost-ds", "forged-mirror", "wrong-node-mirror"
     }  # fmt: skip
+    assert result.skipped == {"shop": 2}  # exempt: counted as skip in the report
 
 
 def test_workloads_are_judged_once_through_their_owner(kube: FakeKube) -> None:

@@ -1,55 +1,39 @@
-"""One object judged with the policy and the cluster facts: the CLI's and the audit's one
-way into the rules.
+"""One object judged with the policy and the cluster facts: the CLI's and the audit's way
+into the domain (:func:`policies.review.review`), phrased by the webhooks' own functions.
 
 Two questions are asked of an object, and both are answered here only:
 
 - :func:`judge_new`: what does ``kubectl apply`` of this new object get? The API server
   applies its defaults (:mod:`webhook.api_defaults`), then chains the webhooks: the
-  mutating webhook's patch is applied first and the validating webhook judges the
-  patched object, so the answer is that of the validating webhook on the mutating
-  webhook's output, worded as the webhooks word it (the denial message kubectl prints,
-  its ``Warning:`` lines).
+  mutating webhook's patch is applied first and the validating webhook judges the patched
+  object (``Phase.BOTH``). The message and warnings are those the webhooks send
+  (:func:`webhook.admission.mutation_response`, :func:`~webhook.admission.validation_response`),
+  so they are what kubectl prints. There is no requester offline: no identity exempts.
 - :func:`judge_stored`: does an object already in the cluster break the policy? Nothing
-  is mutated, and no request identity exists: an exemption (DaemonSet pod, static pod)
-  counts only where the cluster confirms it (the owner exists with the uid the pod names).
+  is mutated (``Phase.VALIDATE``), a scheduled pod is also judged by the node it runs on,
+  and, with no request identity, an exemption counts only where the cluster confirms it:
+  a DaemonSet pod whose owner exists with that uid, a static pod's mirror whose owner is
+  its own Node, with that Node's uid.
 
-Callers only read :class:`Judgement`; which domain functions produce it is this module's
-business.
+:class:`~policies.review.Malformed` propagates: the caller reports the object invalid.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from policies.binding import validate_binding
-from policies.decisions import (
-    NO_CLUSTER_FACTS,
-    Change,
-    ClusterFacts,
-    PodContext,
-    ValidationDecision,
-    Violation,
-)
-from policies.model import Mode, Policy
-from policies.mutate import describe_changes, mutate_pod
-from policies.objects import mutate_object, validate_object
-from policies.patch import make_patch
-from policies.pods import (
-    MIRROR_POD_ANNOTATION,
-    NODE_AGENT_OWNERS,
-    JSONObject,
-    display_name,
-    shape_problems,
-    spec_of,
-)
-from policies.validate import validate_pod
-from policies.workloads import describe_object, object_shape_problems, workload_of
-from webhook.admission import MAX_WARNING_LENGTH
+from policies.decisions import NO_CLUSTER_FACTS, Change, ClusterFacts, Violation
+from policies.exemptions import MIRROR_POD_ANNOTATION, bound_pod_exemption, controller_owner
+from policies.model import Policy
+from policies.pods import JSONObject, annotations_of, spec_of
+from policies.review import POD_KIND, GroupVersionKind, Malformed, Phase, Request, review
+from policies.verdict import Subject, Verdict
+from webhook.admission import mutation_response, validation_response
 from webhook.api_defaults import with_api_defaults
 
-POD, BINDING, WORKLOAD = "pod", "binding", "workload"
+__all__ = ["Judgement", "Malformed", "judge_new", "judge_stored"]
 
 
 @dataclass(frozen=True)
@@ -57,194 +41,101 @@ class Judgement:
     """The webhooks' answer for one object, in the words they use."""
 
     subject: str  # "pod web-0", "Deployment web", as messages name it
+    #: Why spotguard leaves the object alone ("" when the rules ran): a kind it does not
+    #: review, an excluded namespace, an exemption.
+    exempt: str = ""
     violations: tuple[Violation, ...] = ()
+    #: Both webhooks' warnings, in the order kubectl prints them.
     warnings: tuple[str, ...] = ()
-    #: What the mutating webhook patches in (enforce mode).
+    #: The validating webhook's denial message ("" when allowed).
+    message: str = ""
+    #: What the mutating webhook patches in (enforce mode) and would (audit mode).
     changes: tuple[Change, ...] = ()
-    #: What it would have patched in, were its rule enforced (audit mode).
     would_inject: tuple[Change, ...] = ()
-    #: The object as admitted: after the mutating webhook's patch (None: unchanged).
+    #: The object as the mutating webhook admits it (None: unchanged), and the patch.
     admitted: JSONObject | None = None
     patch: tuple[JSONObject, ...] = field(default=())
-
-    @property
-    def denials(self) -> tuple[Violation, ...]:
-        return tuple(v for v in self.violations if v.mode is Mode.ENFORCE)
+    reviewed: bool = True
 
     @property
     def denied(self) -> bool:
-        return bool(self.denials)
-
-    @property
-    def message(self) -> str:
-        """The validating webhook's denial message (kubectl prints it); "" when allowed."""
-        if not self.denials:
-            return ""
-        return f"spotguard denied {self.subject}: " + " ".join(v.message() for v in self.denials)
+        return bool(self.message)
 
 
-def reviewed_as(obj: Mapping[str, Any], policy: Policy) -> str | None:
-    """pod, binding or workload: how the webhooks review this object; None: not at all."""
-    api_version, kind = obj.get("apiVersion"), obj.get("kind")
-    if api_version == "v1" and kind == "Pod":
-        return POD
-    if api_version == "v1" and kind == "Binding":
-        return BINDING
-    return WORKLOAD if workload_of(obj, policy) is not None else None
-
-
-def shape_problems_of(obj: Mapping[str, Any], policy: Policy) -> list[str]:
-    """What the webhook would answer HTTP 400 for: fields not shaped as the rules read them."""
-    as_what = reviewed_as(obj, policy)
-    if as_what == POD:
-        return shape_problems(obj)
-    if as_what == WORKLOAD:
-        return object_shape_problems(obj, policy)
-    return []
-
-
-def _short(text: str) -> str:
-    if len(text) <= MAX_WARNING_LENGTH:
-        return text
-    return text[: MAX_WARNING_LENGTH - 3] + "..."
+def _phrased(verdict: Verdict) -> Judgement:
+    if verdict.subject is Subject.UNREVIEWED or (
+        verdict.exemption and verdict.mutation is None and verdict.validation is None
+    ):
+        return Judgement(verdict.description, exempt=verdict.exemption, reviewed=False)
+    warnings: list[str] = []
+    would: list[Change] = []
+    if verdict.mutation is not None and verdict.subject is not Subject.BINDING:
+        response, _ = mutation_response(verdict)
+        warnings += response.get("warnings", [])
+        would += [c for audited in verdict.mutation.audited for c in audited.changes]
+    message = ""
+    if verdict.validation is not None:
+        response, _ = validation_response(verdict)
+        warnings += response.get("warnings", [])
+        message = "" if response.get("allowed") else response.get("status", {}).get("message", "")
+    mutation = verdict.mutation
+    return Judgement(
+        subject=verdict.description,
+        violations=verdict.violations,
+        warnings=tuple(warnings),
+        message=message,
+        changes=mutation.changes if mutation else (),
+        would_inject=tuple(would),
+        admitted=mutation.patched if mutation else None,
+        patch=tuple(mutation.patch()) if mutation else (),
+    )
 
 
 def judge_new(
-    obj: JSONObject,
-    policy: Policy,
-    namespace: str,
-    facts: ClusterFacts = NO_CLUSTER_FACTS,
+    obj: JSONObject, policy: Policy, namespace: str, facts: ClusterFacts = NO_CLUSTER_FACTS
 ) -> Judgement:
-    """The answer to creating ``obj`` in ``namespace`` (``reviewed_as`` must not be None)."""
-    context = PodContext(namespace, "CREATE", facts)
-    as_what = reviewed_as(obj, policy)
-    if as_what == BINDING:
-        name = str((obj.get("metadata") or {}).get("name") or "")
-        target = (obj.get("target") or {}).get("name", "?")
-        pod = facts.pod(namespace, name) if name else None
-        decision = validate_binding(obj, pod, context, policy)
-        return _judged(f"binding of pod {name} to {target}", decision, Mutated(obj, obj))
-    mutated = _mutate_pod(obj, context, policy) if as_what == POD else _mutate(obj, context, policy)
-    # The validating webhook sees the patched object with the server's defaults; the
-    # patch itself is relative to the manifest (mutation reads no defaulted field).
-    admitted = with_api_defaults(mutated.admitted, policy)
-    if as_what == POD:
-        decision = validate_pod(admitted, context, policy)
-        subject = f"pod {display_name(admitted)}"
-    else:
-        decision = validate_object(admitted, context, policy)
-        subject = describe_object(admitted)
-    return _judged(subject, decision, mutated)
+    """The answer to creating ``obj`` in ``namespace``; Malformed for what cannot be read."""
+    # The decision is taken on the object with the server's defaults, as the webhooks get
+    # it; the patch shown is relative to the manifest (mutation reads no defaulted field).
+    defaulted = with_api_defaults(obj, policy)
+    judgement = _phrased(review(Request.for_object(defaulted, namespace=namespace), policy, facts))
+    if defaulted is obj or not judgement.reviewed:
+        return judgement
+    mutation = review(Request.for_object(obj, namespace=namespace), policy, facts, Phase.MUTATE)
+    patched = mutation.mutation.patched if mutation.mutation else None
+    patch = tuple(mutation.mutation.patch()) if mutation.mutation else ()
+    return replace(judgement, admitted=patched, patch=patch)
 
 
 def judge_stored(obj: JSONObject, policy: Policy, facts: ClusterFacts) -> Judgement:
-    """Whether ``obj``, as stored, breaks the policy. A scheduled pod is also checked
-    against its node's labels (a pod on a spot node that must stay off spot)."""
-    namespace = str((obj.get("metadata") or {}).get("namespace") or "")
-    context = PodContext(namespace, "CREATE", facts)
-    if reviewed_as(obj, policy) == POD:
-        pod = _without_unverified_exemptions(obj, namespace, facts)
-        decision = validate_pod(pod, context, policy)
-        return _judged(f"pod {display_name(obj)}", decision, Mutated(obj, obj))
-    return _judged(describe_object(obj), validate_object(obj, context, policy), Mutated(obj, obj))
+    """Whether ``obj``, as stored, breaks the policy; Malformed for what cannot be read."""
+    metadata = obj.get("metadata") or {}
+    namespace = str(metadata.get("namespace") or "")
+    if GroupVersionKind.of(obj) == POD_KIND and isinstance(obj.get("spec"), dict):
+        exemption = bound_pod_exemption(obj, namespace, facts, policy) or _verified_mirror(
+            obj, facts
+        )
+        if exemption:
+            return Judgement(f"pod {metadata.get('name')}", exempt=exemption, reviewed=False)
+    request = Request.for_object(obj, namespace=namespace)
+    return _phrased(review(request, policy, facts, Phase.VALIDATE))
 
 
-@dataclass(frozen=True)
-class Mutated:
-    """The mutating webhook's part: the object it admits, its warnings, what it changed."""
-
-    received: JSONObject
-    admitted: JSONObject
-    warnings: tuple[str, ...] = ()
-    changes: tuple[Change, ...] = ()
-    would_inject: tuple[Change, ...] = ()
-    patched: bool = False
-
-
-def _mutate_pod(pod: JSONObject, context: PodContext, policy: Policy) -> Mutated:
-    decision = mutate_pod(pod, context, policy)
-    warnings = [_short(w) for w in decision.warnings]
-    if not decision.changes or decision.mutated is None:
-        return Mutated(pod, pod, tuple(warnings))
-    if decision.mode is Mode.AUDIT:
-        rule = decision.rule.value if decision.rule else ""
-        summary = describe_changes(decision.changes)
-        warnings.append(_short(f"spotguard audit [{rule}]: would inject {summary}"))
-        return Mutated(pod, pod, tuple(warnings), would_inject=decision.changes)
-    return Mutated(pod, decision.mutated, tuple(warnings), decision.changes, patched=True)
-
-
-def _mutate(obj: JSONObject, context: PodContext, policy: Policy) -> Mutated:
-    result = mutate_object(obj, context, policy)
-    warnings = [_short(w) for w in result.warnings]
-    would: list[Change] = []
-    for template in result.audited:
-        summary = describe_changes(template.decision.changes)
-        warnings.append(_short(f"spotguard audit: would inject {summary} into {template.path}"))
-        would += template.decision.changes
-    if result.mutated is None:
-        return Mutated(obj, obj, tuple(warnings), would_inject=tuple(would))
-    return Mutated(obj, result.mutated, tuple(warnings), result.changes, tuple(would), True)
-
-
-def _judged(subject: str, decision: ValidationDecision, mutated: Mutated) -> Judgement:
-    warnings = [
-        *mutated.warnings,
-        *(_short(w) for w in decision.warnings),
-        *(v.short() for v in decision.audited),
-    ]
-    return Judgement(
-        subject=subject,
-        violations=decision.violations,
-        warnings=tuple(warnings),
-        changes=mutated.changes,
-        would_inject=mutated.would_inject,
-        admitted=mutated.admitted if mutated.patched else None,
-        patch=tuple(make_patch(mutated.received, mutated.admitted)) if mutated.patched else (),
-    )
-
-
-def _without_unverified_exemptions(
-    pod: JSONObject, namespace: str, facts: ClusterFacts
-) -> JSONObject:
-    """The pod minus exemption claims the cluster does not confirm.
-
-    Whoever writes a pod writes its ownerReferences and annotations. A DaemonSet owner
-    counts only if a DaemonSet of that name exists in the namespace with that uid; the
-    mirror-pod annotation only if the pod's owner is its own Node, with the Node's uid.
-    """
-    metadata = pod.get("metadata") or {}
-    owners = metadata.get("ownerReferences") or []
-    kept = [
-        owner
-        for owner in owners
-        if owner.get("kind") not in NODE_AGENT_OWNERS
-        or _owner_confirmed(owner, str(owner.get("kind")), namespace, facts)
-    ]
-    annotations = metadata.get("annotations") or {}
+def _verified_mirror(pod: Mapping[str, Any], facts: ClusterFacts) -> str:
+    """A static pod's mirror, told by what its author cannot write: its controller owner is
+    the Node it runs on, with that Node's uid (the kubelet sets both)."""
+    if MIRROR_POD_ANNOTATION not in annotations_of(pod):
+        return ""
+    owner = controller_owner(pod)
     node = spec_of(pod).get("nodeName")
-    mirror_confirmed = any(
-        owner.get("kind") == "Node"
-        and owner.get("name") == node
-        and _owner_confirmed(owner, "Node", "", facts)
-        for owner in owners
-    )
-    drop_mirror = MIRROR_POD_ANNOTATION in annotations and not mirror_confirmed
-    if len(kept) == len(owners) and not drop_mirror:
-        return pod
-    new_metadata = {**metadata, "ownerReferences": kept}
-    if drop_mirror:
-        new_metadata["annotations"] = {
-            k: v for k, v in annotations.items() if k != MIRROR_POD_ANNOTATION
-        }
-    return {**pod, "metadata": new_metadata}
-
-
-def _owner_confirmed(
-    owner: Mapping[str, Any], kind: str, namespace: str, facts: ClusterFacts
-) -> bool:
-    uid = owner.get("uid")
-    name = owner.get("name")
-    if not uid or not name:
-        return False
-    return bool(facts.owner_uid(kind, namespace, str(name)) == uid)
+    if (
+        owner is None
+        or owner.get("kind") != "Node"
+        or owner.get("apiVersion") != "v1"
+        or not node
+        or owner.get("name") != node
+        or not owner.get("uid")
+        or facts.owner_uid("Node", "", str(node)) != owner.get("uid")
+    ):
+        return ""
+    return f"mirror pod of a static pod on node {node} (owner verified in the cluster)"

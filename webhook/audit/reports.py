@@ -2,7 +2,8 @@
 
 One report per namespace with judged objects, named ``spotguard``: a result per object
 and broken rule (``fail`` for an enforced rule, ``warn`` for an audited one) naming the
-resource, and a summary. Objects that pass are counted in ``summary.pass`` rather than
+resource, and a summary. Objects that pass are counted in ``summary.pass`` (exempt ones,
+a verified DaemonSet or static pod, in ``summary.skip``) rather than
 listed, so a namespace of thousands of pods stays far below the API server's object size
 limit; for the same reason at most :data:`MAX_RESULTS` results are listed (fail first),
 the summary still counting them all.
@@ -80,7 +81,7 @@ def build_reports(result: AuditResult, now: float | None = None) -> list[JSONObj
                     "fail": sum(f.result == FAIL for f in findings),
                     "warn": sum(f.result == WARN for f in findings),
                     "error": sum(f.result == ERROR for f in findings),
-                    "skip": 0,
+                    "skip": result.skipped.get(namespace, 0),
                 },
                 "results": [
                     _result(f, result.policy_revision, seconds) for f in findings[:MAX_RESULTS]

@@ -24,7 +24,7 @@ from typing import Any
 
 from policies.model import Mode, Policy
 from webhook.audit.inventory import PODS, Collection, Inventory
-from webhook.judge import judge_stored, shape_problems_of
+from webhook.judge import Malformed, judge_stored
 from webhook.kube_json import JSONObject
 
 FAIL, WARN, ERROR = "fail", "warn", "error"
@@ -100,6 +100,8 @@ class AuditResult:
     findings: list[Finding] = field(default_factory=list)
     judged: Counter[str] = field(default_factory=Counter)
     passed: Counter[str] = field(default_factory=Counter)
+    #: Objects the rules leave alone (exempt), by namespace.
+    skipped: Counter[str] = field(default_factory=Counter)
     #: Workload kinds of the policy the cluster does not serve (their CRD is absent).
     not_served: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -129,7 +131,8 @@ class AuditResult:
         return (
             f"{objects} objects judged in {spaces} namespace{'s' if spaces != 1 else ''} in "
             f"{self.seconds:.1f} s: {sum(self.passed.values())} pass, {self.count(FAIL)} fail, "
-            f"{self.count(WARN)} warn, {self.count(ERROR)} error "
+            f"{self.count(WARN)} warn, {self.count(ERROR)} error, "
+            f"{sum(self.skipped.values())} skip "
             f"(policy revision {self.policy_revision})"
         )
 
@@ -210,11 +213,14 @@ def _judge(obj: JSONObject, policy: Policy, facts: Any, result: AuditResult) -> 
             _controller_uid(obj),
         )  # fmt: skip
 
-    problems = shape_problems_of(obj, policy)
-    if problems:
-        result.findings.append(finding("shape", ERROR, "enforce", tuple(problems)))
+    try:
+        judgement = judge_stored(obj, policy, facts)
+    except Malformed as error:  # a custom resource whose templates the rules cannot read
+        result.findings.append(finding("shape", ERROR, "enforce", tuple(error.problems)))
         return
-    judgement = judge_stored(obj, policy, facts)
+    if not judgement.reviewed:  # exempt (a verified DaemonSet or static pod, ...)
+        result.skipped[namespace] += 1
+        return
     if not judgement.violations:
         result.passed[namespace] += 1
         return

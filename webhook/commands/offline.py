@@ -34,7 +34,7 @@ from webhook.commands.common import (
     policy_texts,
     read_text,
 )
-from webhook.judge import Judgement, judge_new, reviewed_as, shape_problems_of
+from webhook.judge import Judgement, Malformed, judge_new
 from webhook.manifests import Document, ManifestError, read_manifests
 from webhook.policy_sources import DEFAULT_CONFIGMAP_KEY
 from webhook.review import Review
@@ -129,16 +129,13 @@ def review_document(document: Document, policy: Policy, namespace_flag: str | No
         )  # fmt: skip
     if _is_policy_configmap(obj, namespace):
         return _policy_configmap(record, obj, namespace, policy)
-    as_what = reviewed_as(obj, policy)
-    if as_what is None:
-        reason = f"spotguard does not review {record.api_version} {record.kind}"
-        return _set(record, "skipped", reason)
-    if not policy.applies_to_namespace(namespace):
-        return _set(record, "skipped", f"the policy does not review namespace {namespace}")
-    problems = shape_problems_of(obj, policy)
-    if problems:
-        return _set(record, "invalid", "; ".join(p.removeprefix("object.") for p in problems))
-    return _from_judgement(record, judge_new(obj, policy, namespace))
+    try:
+        judgement = judge_new(obj, policy, namespace)
+    except Malformed as error:  # the webhook would answer HTTP 400: the object is refused
+        return _set(record, "invalid", "; ".join(p.removeprefix("object.") for p in error.problems))
+    if not judgement.reviewed:
+        return _set(record, "skipped", judgement.exempt)
+    return _from_judgement(record, judgement)
 
 
 def _set(record: Record, result: str, message: str) -> Record:
