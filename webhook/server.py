@@ -51,6 +51,7 @@ from webhook.metrics import (
     start_scrape_server,
 )
 from webhook.policy_publish import PublishedPolicy, publish
+from webhook.policy_sources import DEFAULT_CONFIGMAP_KEY
 from webhook.policy_store import PolicyState, PolicyStore
 from webhook.tls import ReloadingContext
 from webhook.worker import EventLoopWorker
@@ -95,6 +96,8 @@ class ServerOptions:
     #: None: no cluster access (local runs), the rules then know no node.
     cluster_factory: Callable[[], WatchedCluster] | None = None
     background: tuple[BackgroundTask, ...] = ()
+    #: The ConfigMap key holding the policy, for /validate-policy.
+    policy_key: str = DEFAULT_CONFIGMAP_KEY
 
 
 class DrainingArbiter(Arbiter):  # type: ignore[misc]
@@ -168,6 +171,7 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
                 draining=lambda: bool(self._draining.value),
                 cluster=self._cluster,
                 unsynced_caches=self._cluster.unsynced,
+                policy_key=self._options.policy_key,
             )
         )
         # Everything loaded so far lives as long as the worker: moved out of the garbage

@@ -40,6 +40,7 @@ from policies.model import Mode
 from policies.presets import PRESETS
 from tests.e2e.rendering import PROVIDERS, compose, find, keyed, kustomize, policy_of
 from webhook.cli import package_version
+from webhook.policy_sources import DEFAULT_CONFIGMAP_KEY
 
 pytestmark = pytest.mark.e2e
 
@@ -612,7 +613,7 @@ def served(
 
 
 def set_policy(live: Live, text: str) -> None:
-    patch = json.dumps({"data": {"policy.yaml": text}})
+    patch = json.dumps({"data": {DEFAULT_CONFIGMAP_KEY: text}})
     live.plane.kubectl(
         "patch", "configmap", "spotguard-policy", "-n", NAMESPACE, "-p", patch, check=True
     )

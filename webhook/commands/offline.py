@@ -114,7 +114,12 @@ def _identity(document: Document, namespace: str) -> Record:
     )  # fmt: skip
 
 
-def review_document(document: Document, policy: Policy, namespace_flag: str | None) -> Record:
+def review_document(
+    document: Document,
+    policy: Policy,
+    namespace_flag: str | None,
+    policy_key: str = DEFAULT_CONFIGMAP_KEY,
+) -> Record:
     """The answer for one document, as ``kubectl apply -n NAMESPACE`` would get it."""
     obj = document.obj
     own = (obj.get("metadata") or {}).get("namespace") if isinstance(obj, dict) else None
@@ -128,7 +133,7 @@ def review_document(document: Document, policy: Policy, namespace_flag: str | No
             f"its namespace {own!r} does not match --namespace {namespace_flag!r}",
         )  # fmt: skip
     if _is_policy_configmap(obj, namespace):
-        return _policy_configmap(record, obj, namespace, policy)
+        return _policy_configmap(record, obj, namespace, policy, policy_key)
     try:
         judgement = judge_new(obj, policy, namespace)
     except Malformed as error:  # the webhook would answer HTTP 400: the object is refused
@@ -169,7 +174,7 @@ def _is_policy_configmap(obj: dict[str, Any], namespace: str) -> bool:
 
 
 def _policy_configmap(
-    record: Record, obj: dict[str, Any], namespace: str, policy: Policy
+    record: Record, obj: dict[str, Any], namespace: str, policy: Policy, key: str
 ) -> Record:
     """The policy webhook's own answer (the same function the server calls)."""
     request = {
@@ -179,7 +184,8 @@ def _policy_configmap(
         "operation": "CREATE",
         "object": obj,
     }
-    response, _ = validate_policy_configmap(Review("admission.k8s.io/v1", request), policy)  # type: ignore[arg-type]
+    parsed = Review("admission.k8s.io/v1", request)  # type: ignore[arg-type]
+    response, _ = validate_policy_configmap(parsed, policy, key)
     if response.get("allowed"):
         return record
     return _set(record, "denied", response.get("status", {}).get("message", "refused"))
@@ -188,7 +194,7 @@ def _policy_configmap(
 def _records(args: argparse.Namespace, policy: Policy) -> Iterator[Record]:
     try:
         for document in read_manifests(args.filename, recursive=args.recursive):
-            yield review_document(document, policy, args.namespace)
+            yield review_document(document, policy, args.namespace, args.policy_key)
     except ManifestError as error:
         raise CLIError(str(error)) from None
 

@@ -14,13 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from certs.pki import generate_pair, service_dns_names
+from certs.pki import SERVING_CERT_FILE, SERVING_KEY_FILE, generate_pair, service_dns_names
 from webhook.cluster import KubeCluster, WatchedCluster
 from webhook.commands.audit import add_audit_serve_options, background_audit
 from webhook.commands.common import EXIT_OK, CLIError, bind_address, load_kube_config
 from webhook.logs import configure
 from webhook.metrics import MULTIPROC_ENV
-from webhook.policy_sources import ConfigMapPolicySource, FilePolicySource
+from webhook.policy_sources import DEFAULT_CONFIGMAP_KEY, ConfigMapPolicySource, FilePolicySource
 from webhook.policy_store import PolicyState, PolicyStore
 from webhook.server import DEFAULT_MAX_CONNECTIONS, PolicySource, ServerOptions, WebhookServer
 
@@ -87,16 +87,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "(register its ca.crt as the webhooks' caBundle, or pass --cert-dir)",
             cert_dir,
         )
-    for name in ("tls.crt", "tls.key"):
+    for name in (SERVING_CERT_FILE, SERVING_KEY_FILE):
         if not (cert_dir / name).is_file():
-            raise CLIError(f"{cert_dir / name}: not found (expected tls.crt and tls.key)")
+            expected = f"{SERVING_CERT_FILE} and {SERVING_KEY_FILE}"
+            raise CLIError(f"{cert_dir / name}: not found (expected {expected})")
     state = store.snapshot()
     revision = state.policy.revision if state.policy else "none yet"
     serve_log.info("policy %s from %s", revision, state.source)
     options = ServerOptions(
         bind=args.bind,
-        cert_file=cert_dir / "tls.crt",
-        key_file=cert_dir / "tls.key",
+        cert_file=cert_dir / SERVING_CERT_FILE,
+        key_file=cert_dir / SERVING_KEY_FILE,
         runtime_dir=runtime_dir,
         workers=args.workers,
         max_connections=args.max_connections,
@@ -105,6 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=args.log_level.lower(),
         cluster_factory=_cluster_factory(args),
         background=tuple(task for task in [background_audit(args, store)] if task),
+        policy_key=args.policy_key,
     )
     try:
         server = WebhookServer(options, store, source)
@@ -137,7 +139,7 @@ def add_serve_command(commands: Any, policy_help: str) -> None:
     )
     serve.add_argument(
         "--policy-key",
-        default="policy.yaml",
+        default=DEFAULT_CONFIGMAP_KEY,
         help="ConfigMap key holding the policy (default %(default)s)",
     )
     serve.add_argument(
