@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from policies.loader import PolicyError, parse_policy_text
-from policies.model import Policy
+from policies.model import Policy, Rule
 from webhook.admission import validate_policy_configmap
 from webhook.commands.common import (
     EXIT_DENIED,
@@ -268,6 +268,14 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_policy_rules(args: argparse.Namespace) -> int:
+    """The rule table (policies.model.Rule): each rule's key, built-in mode and job."""
+    width = max(len(rule.key) for rule in Rule)
+    for rule in Rule:
+        print(f"{rule.key:<{width}}  {rule.default!s:<7}  [{rule}] {rule.summary}")
+    return EXIT_OK
+
+
 def add_offline_commands(commands: Any) -> None:
     for name, handler, text in (
         (
@@ -321,6 +329,13 @@ def add_offline_commands(commands: Any) -> None:
         help="the ConfigMap's key holding the policy (default %(default)s)",
     )
     check.set_defaults(handler=cmd_policy_check)
+    rules = policy_commands.add_parser(
+        "rules",
+        help="list the rules: their key in a policy's rules block, built-in mode and job",
+        description="List every rule a policy can switch (rules.<key>.mode), with its "
+        "built-in mode, the name messages give it, and what it does.",
+    )
+    rules.set_defaults(handler=cmd_policy_rules)
 
 
 _DESCRIPTION = {
