@@ -8,9 +8,11 @@ one in ten tolerating spot, one in five labelled fault-tolerant), then prints:
 
 - the baseline: listing every pod, page by page (500 a page), without judging;
 - the audit (``run_audit``, what ``spotguard audit`` and the background audit run): its
-  time, as a ratio to the baseline, best and median of three runs; target under 30 s;
+  time and pods per second, as a ratio to the baseline, best and median of three runs;
+  target under 30 s;
 - memory: the audit's peak of Python allocations against holding every pod at once
-  (both measured with tracemalloc, in runs of their own, since tracing slows them).
+  (both measured with tracemalloc, in runs of their own, since tracing slows them);
+- the load average, since the machine may be shared.
 
 Figures depend on the machine and its load; the ratios travel better.
 """
@@ -18,6 +20,7 @@ Figures depend on the machine and its load; the ratios travel better.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -156,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"baseline, list {counted} pods in pages of 500: median {baseline:.2f} s "
                   f"(runs: {', '.join(f'{t:.2f}' for t in lists)})")  # fmt: skip
             best, median = min(audits), statistics.median(audits)
-            print(f"audit of {sum(result.judged.values())} pods: best {best:.2f} s, median "
-                  f"{median:.2f} s = {median / baseline:.1f}x the listing "
+            judged = sum(result.judged.values())
+            print(f"audit of {judged} pods: best {best:.2f} s, median {median:.2f} s "
+                  f"({judged / median:.0f} pods/s) = {median / baseline:.1f}x the listing "
                   f"(runs: {', '.join(f'{t:.2f}' for t in audits)}); target < {TARGET_SECONDS:.0f}"
                   f" s: {'met' if median < TARGET_SECONDS else 'NOT met'}")  # fmt: skip
             passed = sum(result.passed.values())
@@ -167,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             held_peak = peak_mib(lambda: list_all(kube, keep=True))
             print(f"memory (tracemalloc peak): audit {audit_peak:.1f} MiB, holding every pod "
                   f"at once {held_peak:.1f} MiB ({audit_peak / held_peak:.2f}x)")  # fmt: skip
+            load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+            print(f"load average (1, 5, 15 min) at the end: {load} on {os.cpu_count()} cores")
             return 0 if median < TARGET_SECONDS else 1
 
 
