@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup host-packages demo demo-helm drill images test lint unit e2e controlplane tools bench soak fuzz clean
+.PHONY: setup host-packages demo demo-helm drill images test lint unit e2e controlplane tools bench bench-audit soak fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ test: lint host-packages controlplane tools  ## everything CI runs: lint, unit, 
 
 bench: setup  ## throughput and latency over real gunicorn and TLS: new vs old design, bad clients
 	$(BIN)/python -m benchmarks.bench_webhook
+
+bench-audit: controlplane  ## cluster audit of 5,000 pods on a real kube-apiserver
+	$(BIN)/python -m benchmarks.bench_audit
 
 fuzz: setup  ## the property tests on 1,000,000 random cases, both cores, at most an hour
 	$(BIN)/python -m tests.fuzz --cases 1000000 --jobs 2 --max-seconds 3600

@@ -34,7 +34,16 @@ import requests
 
 from benchmarks.load import build_loadgen, result, start_loadgen
 from benchmarks.measure import rss_mib
-from certs.pki import CertifiedKey, CertPaths, generate_ca, generate_serving, write_pair
+from certs.pki import (
+    CA_BUNDLE_FILE,
+    SERVING_CERT_FILE,
+    SERVING_KEY_FILE,
+    CertifiedKey,
+    CertPaths,
+    generate_ca,
+    generate_serving,
+    write_pair,
+)
 from devtools.reviews import plain_pod, review
 from devtools.server import RunningServer, start_server
 from policies.loader import parse_policy_text
@@ -64,9 +73,9 @@ class Operator:
     def rotate(self, ca: CertifiedKey, label: str) -> None:
         pair = generate_serving(ca, NAMES, ADDRESSES)
         staged = write_pair(self.workdir / f"staged-{time.monotonic_ns()}", ca, pair)
-        staged.key.replace(self.cert_dir / "tls.key")  # key first: a moment of mismatch
+        staged.key.replace(self.cert_dir / SERVING_KEY_FILE)  # key first: a moment of mismatch
         time.sleep(0.05)
-        staged.cert.replace(self.cert_dir / "tls.crt")
+        staged.cert.replace(self.cert_dir / SERVING_CERT_FILE)
         self.log.append(label)
 
     def write_policy(self, number: int, invalid: bool) -> None:
@@ -177,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         cas = (generate_ca(), generate_ca("spotguard-ca-2"))
         paths = write_pair(workdir / "certs", cas[0], generate_serving(cas[0], NAMES, ADDRESSES))
-        bundle = workdir / "ca-bundle.crt"  # what the client trusts: both CAs
+        bundle = workdir / CA_BUNDLE_FILE  # what the client trusts: both CAs
         bundle.write_bytes(cas[0].cert_pem + cas[1].cert_pem)
         policy = workdir / "policy.yaml"
         policy.write_text(policy_text(0))

@@ -18,14 +18,23 @@ from datetime import UTC, datetime, timedelta
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from certs.pki import CertifiedKey, generate_ca, generate_serving
+from certs.pki import (
+    CA_BUNDLE_FILE,
+    CA_CERT_FILE,
+    CA_KEY_FILE,
+    SERVING_CERT_FILE,
+    SERVING_KEY_FILE,
+    CertifiedKey,
+    generate_ca,
+    generate_serving,
+)
 
 RENEW_SERVING_BEFORE = timedelta(days=30)
 RENEW_CA_BEFORE = timedelta(days=90)
 
-#: Keys of the Secret (a kubernetes.io/tls Secret with three extra keys).
-TLS_CERT, TLS_KEY = "tls.crt", "tls.key"
-CA_CERT, CA_KEY, CA_BUNDLE = "ca.crt", "ca.key", "ca-bundle.crt"
+#: Keys of the Secret (a kubernetes.io/tls Secret with three extra keys): the file names.
+TLS_CERT, TLS_KEY = SERVING_CERT_FILE, SERVING_KEY_FILE
+CA_CERT, CA_KEY, CA_BUNDLE = CA_CERT_FILE, CA_KEY_FILE, CA_BUNDLE_FILE
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,13 @@ SERVING_VALIDITY = timedelta(days=365)
 CLOCK_SKEW = timedelta(minutes=5)
 
 #: File names as in a kubernetes.io/tls Secret, so a mounted Secret works unchanged.
+#: The certificate files' names, and the keys of the Secret that holds them (a mounted
+#: Secret's keys are its file names): the one definition for the CLI, the server, the
+#: Secret's lifecycle and the tools that copy it.
 CA_CERT_FILE, CA_KEY_FILE = "ca.crt", "ca.key"
 SERVING_CERT_FILE, SERVING_KEY_FILE = "tls.crt", "tls.key"
+#: Every CA the clients should trust during a CA rotation (the Secret's extra key).
+CA_BUNDLE_FILE = "ca-bundle.crt"
 
 
 @dataclass(frozen=True)

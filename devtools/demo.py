@@ -20,8 +20,9 @@ from typing import Any
 
 from controlplane.build import ensure_binaries
 from controlplane.harness import NODE_GROUPS, ControlPlane, group_of_node
-from devtools.registration import INJECTED_ANNOTATION, register, wait_until_called
+from devtools.registration import register, wait_until_called
 from devtools.server import REPO, RunningServer, start_server
+from policies.annotations import INJECTED
 from policies.loader import parse_policy_text
 
 EXAMPLES = REPO / "examples"
@@ -65,7 +66,7 @@ def wait_for_placement(cluster: ControlPlane, selector: str, count: int) -> list
 def describe_injection(pod: dict[str, Any]) -> list[str]:
     """What spotguard put into a pod, in a few readable lines."""
     spec = pod["spec"]
-    record = json.loads(pod["metadata"].get("annotations", {}).get(INJECTED_ANNOTATION, "{}"))
+    record = json.loads(pod["metadata"].get("annotations", {}).get(INJECTED, "{}"))
     affinity = spec.get("affinity", {}).get("nodeAffinity", {})
     preferred = affinity.get("preferredDuringSchedulingIgnoredDuringExecution", [])
     terms = affinity.get("requiredDuringSchedulingIgnoredDuringExecution", {}).get(

@@ -55,7 +55,7 @@ from devtools.drill_timeline import (
     kubelet_events,
 )
 from devtools.podlogs import PodLogFollower
-from devtools.registration import INJECTED_ANNOTATION
+from policies.annotations import INJECTED
 from policies.loader import parse_policy_text
 
 #: The built-in policy: grace = the shortest usable notice of the presets (GKE's 15 s),
@@ -173,7 +173,7 @@ class Drill:
         outcome.claims.append(
             checks.Claim(
                 f"{pod.name} was mutated by spotguard on the way in (hook, grace, env)",
-                INJECTED_ANNOTATION in annotations
+                INJECTED in annotations
                 and "preStop" in container.get("lifecycle", {})
                 and "SPOTGUARD_CHECKPOINT_DIR" in env,
             )

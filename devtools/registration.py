@@ -18,9 +18,9 @@ import yaml
 
 from controlplane.harness import ControlPlane
 from devtools.server import REPO
+from policies.annotations import INJECTED
 
 WEBHOOKS_FILE = REPO / "deploy" / "base" / "webhooks.yaml"
-INJECTED_ANNOTATION = "spotguard.dev/injected"
 
 
 def local_registrations(webhook_url: str, ca_file: Path | None) -> list[dict[str, Any]]:
@@ -76,7 +76,7 @@ def wait_until_called(cluster: ControlPlane, namespace: str, timeout: float = 30
         )  # fmt: skip
         if result.returncode == 0:
             annotations = json.loads(result.stdout)["metadata"].get("annotations") or {}
-            if INJECTED_ANNOTATION in annotations:
+            if INJECTED in annotations:
                 return time.monotonic() - started
         time.sleep(0.2)
     raise TimeoutError(f"the API server did not call the webhook within {timeout:.0f} s")

@@ -15,11 +15,12 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
+from certs.pki import CA_BUNDLE_FILE, SERVING_CERT_FILE, SERVING_KEY_FILE
 from controlplane.harness import ControlPlane
 
 #: Secret key -> file name, for a Secret volume without ``items``: the serving pair and the
 #: CA bundle (tests trust the bundle).
-DEFAULT_FILES = {"tls.key": "tls.key", "tls.crt": "tls.crt", "ca-bundle.crt": "ca-bundle.crt"}
+DEFAULT_FILES = {name: name for name in (SERVING_KEY_FILE, SERVING_CERT_FILE, CA_BUNDLE_FILE)}
 
 
 class SecretSync:
@@ -48,9 +49,9 @@ class SecretSync:
         if status != 200 or secret["metadata"]["resourceVersion"] == self._version:
             return False
         data = secret.get("data") or {}
-        if "tls.crt" not in data or "tls.key" not in data:
+        if SERVING_CERT_FILE not in data or SERVING_KEY_FILE not in data:
             return False
-        for key, name in sorted(self._files.items(), key=lambda item: item[0] != "tls.key"):
+        for key, name in sorted(self._files.items(), key=lambda item: item[0] != SERVING_KEY_FILE):
             if key in data:  # the key first: a new certificate must never meet an old key
                 self._write(name, base64.b64decode(data[key]))
         self._version = secret["metadata"]["resourceVersion"]

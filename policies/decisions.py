@@ -111,6 +111,18 @@ class MutationDecision:
     warnings: tuple[str, ...] = ()
 
 
+#: kubectl prints each warning on a line of its own: longer ones are cut to stay readable
+#: (the full text is in the denial message or the audit annotation).
+MAX_WARNING_LENGTH = 120
+
+
+def short_warning(text: str) -> str:
+    """``text`` cut to MAX_WARNING_LENGTH characters, marked with "..." when cut."""
+    if len(text) <= MAX_WARNING_LENGTH:
+        return text
+    return text[: MAX_WARNING_LENGTH - 3] + "..."
+
+
 @dataclass(frozen=True)
 class Violation:
     """A rule the pod breaks: where, why, and how to fix the manifest."""
@@ -126,9 +138,8 @@ class Violation:
         return f"[{self.rule.value}] {self.field}: {self.problem}. Fix: {self.fix}."
 
     def short(self) -> str:
-        """A kubectl warning: one line, at most 120 characters; the audit log has the rest."""
-        text = f"spotguard {self.mode} [{self.rule.value}]: {self.brief}"
-        return text if len(text) <= 120 else text[:117] + "..."
+        """A kubectl warning: one line, cut to MAX_WARNING_LENGTH; the audit log has the rest."""
+        return short_warning(f"spotguard {self.mode} [{self.rule.value}]: {self.brief}")
 
 
 @dataclass(frozen=True)

@@ -38,18 +38,6 @@ from policies.paths import parse_path
 from policies.presets import PRESETS, NodeLabel, Preset, Taint
 from policies.schema import format_path, schema_errors
 
-_RULE_KEYS = {
-    Rule.INJECT: "inject",
-    Rule.KEEP_OFF_SPOT: "keepOffSpot",
-    Rule.SPOT_REQUIRES_FAULT_TOLERANCE: "spotRequiresFaultTolerance",
-    Rule.GRACE_PERIOD_FITS_NOTICE: "gracePeriodFitsNotice",
-    Rule.CHECKPOINT_FITS_NOTICE: "checkpointFitsNotice",
-    Rule.STATEFUL_WORKLOAD: "statefulWorkload",
-    Rule.LATENCY_CRITICAL: "latencyCritical",
-    Rule.LOCAL_STORAGE: "localStorage",
-    Rule.SPOT_NODE_BINDING: "spotNodeBinding",
-}
-
 
 class PolicyError(ValueError):
     """The document is not a valid policy; ``problems`` holds one ``path: message`` each."""
@@ -66,9 +54,11 @@ def default_document() -> dict[str, Any]:
 
 @cache
 def _default_document() -> dict[str, Any]:
+    """default_policy.yaml, with the ``rules`` block built from the rule table (Rule)."""
     text = resources.files("policies").joinpath("default_policy.yaml").read_text("utf-8")
     document = yaml.safe_load(text)
-    assert isinstance(document, dict)
+    assert isinstance(document, dict) and "rules" not in document, "rules come from Rule"
+    document["rules"] = {rule.key: {"mode": str(rule.default)} for rule in Rule}
     return document
 
 
@@ -290,9 +280,7 @@ def _build(doc: dict[str, Any]) -> Policy:
     return Policy(
         revision=_revision(doc),
         mode=Mode.parse(doc["mode"]),
-        rule_modes={
-            rule: Mode.parse(doc["rules"][key]["mode"]) for rule, key in _RULE_KEYS.items()
-        },
+        rule_modes={rule: Mode.parse(doc["rules"][rule.key]["mode"]) for rule in Rule},
         include_namespaces=frozenset(doc["namespaces"]["include"]),
         exclude_namespaces=frozenset(doc["namespaces"]["exclude"]),
         fault_tolerant=LabelSelector(

@@ -31,17 +31,71 @@ class Mode(enum.IntEnum):
 
 
 class Rule(enum.StrEnum):
-    """The rules a policy can switch; values are the names users see in messages."""
+    """The rules, registered here and nowhere else: one row each, with the name users see
+    in messages (the value), the built-in mode and what the rule does.
 
-    INJECT = "inject"
-    KEEP_OFF_SPOT = "keep-off-spot"
-    SPOT_REQUIRES_FAULT_TOLERANCE = "spot-requires-fault-tolerance"
-    GRACE_PERIOD_FITS_NOTICE = "grace-period-fits-notice"
-    CHECKPOINT_FITS_NOTICE = "checkpoint-fits-notice"
-    STATEFUL_WORKLOAD = "stateful-workload"
-    LATENCY_CRITICAL = "latency-critical"
-    LOCAL_STORAGE = "local-storage"
-    SPOT_NODE_BINDING = "spot-node-binding"
+    The rest is derived from this table: a rule's key in the policy's ``rules`` block
+    (:attr:`key`, the name in camelCase), the loader's keys and the built-in defaults
+    (policies.loader), the schema's ``rules`` block (policies.schema), ``spotguard policy
+    rules``. So adding a rule is: its row here, its check in its module, its own settings
+    (if any) in default_policy.yaml, and its golden cases.
+    """
+
+    _value_: str
+    default: Mode
+    summary: str
+
+    def __new__(cls, name: str, default: str, summary: str) -> Rule:
+        member = str.__new__(cls, name)
+        member._value_ = name
+        member.default = Mode.parse(default)
+        member.summary = summary
+        return member
+
+    INJECT = (
+        "inject", "enforce",
+        "give fault-tolerant pods what spot needs: tolerations, spot affinity, the preStop "
+        "checkpoint hook, a grace period that fits the notice",
+    )  # fmt: skip
+    KEEP_OFF_SPOT = (
+        "keep-off-spot", "enforce",
+        'AND "<spot label> NotIn <spot values>" into the required node affinity of other '
+        "pods that could reach a spot node",
+    )  # fmt: skip
+    SPOT_REQUIRES_FAULT_TOLERANCE = (
+        "spot-requires-fault-tolerance", "enforce",
+        "reject other pods that tolerate a spot taint or select only spot nodes",
+    )  # fmt: skip
+    GRACE_PERIOD_FITS_NOTICE = (
+        "grace-period-fits-notice", "audit",
+        "a fault-tolerant pod's chosen grace period must fit the spot notice window",
+    )  # fmt: skip
+    CHECKPOINT_FITS_NOTICE = (
+        "checkpoint-fits-notice", "audit",
+        "a declared checkpoint (spotguard.dev/checkpoint-size) must be savable within the notice",
+    )  # fmt: skip
+    STATEFUL_WORKLOAD = (
+        "stateful-workload", "enforce",
+        "pods owned by a StatefulSet (poorCandidates.statefulOwnerKinds) stay off spot",
+    )  # fmt: skip
+    LATENCY_CRITICAL = (
+        "latency-critical", "enforce",
+        "latency-critical pods (label, annotation or priority class) stay off spot",
+    )  # fmt: skip
+    LOCAL_STORAGE = (
+        "local-storage", "enforce",
+        "pods with a hostPath volume or a claim bound to a local volume stay off spot",
+    )  # fmt: skip
+    SPOT_NODE_BINDING = (
+        "spot-node-binding", "enforce",
+        "spec.nodeName or a binding must not put a pod that has to stay off spot on a spot node",
+    )  # fmt: skip
+
+    @property
+    def key(self) -> str:
+        """The rule's key in a policy's ``rules`` block: ``keep-off-spot`` -> ``keepOffSpot``."""
+        first, *rest = self.value.split("-")
+        return first + "".join(word.capitalize() for word in rest)
 
 
 #: Taint effects that keep a pod off a node; ``PreferNoSchedule`` only discourages.

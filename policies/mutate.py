@@ -34,9 +34,6 @@ from policies.pods import (
 from policies.presets import Taint
 from policies.selectors import parse_toleration
 
-INJECTED_ANNOTATION = INJECTED
-PRESTOP_COMMAND_ANNOTATION = PRESTOP_COMMAND
-CHECKPOINT_CONTAINERS_ANNOTATION = CHECKPOINT_CONTAINERS
 CHECKPOINT_VOLUME = "spotguard-checkpoint"
 
 
@@ -191,9 +188,7 @@ def _checkpoint_targets(
     """
     containers = list(regular_containers(spec))
     present = [str(c.get("name")) for c in containers if isinstance(c.get("name"), str)]
-    listed, problem = checkpoint_containers(
-        annotations_of(pod).get(CHECKPOINT_CONTAINERS_ANNOTATION), present
-    )
+    listed, problem = checkpoint_containers(annotations_of(pod).get(CHECKPOINT_CONTAINERS), present)
     if problem is not None:
         warnings.append(f"spotguard: {problem.annotation} {problem.problem}; using the policy's")
     names = listed if listed is not None else policy.inject.pre_stop.containers
@@ -208,7 +203,7 @@ def _checkpoint_targets(
 
 def _pre_stop_command(pod: JSONObject, policy: Policy, warnings: list[str]) -> list[str]:
     """The policy's command, unless the pod's annotation overrides it (JSON list or shell)."""
-    command, problem = pre_stop_command(annotations_of(pod).get(PRESTOP_COMMAND_ANNOTATION))
+    command, problem = pre_stop_command(annotations_of(pod).get(PRESTOP_COMMAND))
     if problem is not None:
         warnings.append(f"spotguard: {problem.annotation} {problem.problem}; using the policy's")
     return list(command if command is not None else policy.inject.pre_stop.command)
@@ -288,4 +283,4 @@ def _record(pod: JSONObject, changes: list[Change], revision: str) -> None:
     previous = injected_kinds(annotations)
     kinds = sorted(set(previous) | {change.kind for change in changes})
     record = json.dumps({"revision": revision, "injected": kinds}, separators=(",", ":"))
-    metadata["annotations"] = {**annotations, INJECTED_ANNOTATION: record}
+    metadata["annotations"] = {**annotations, INJECTED: record}

@@ -12,6 +12,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from policies.model import Rule
 from policies.operators import OPERATOR_PRESETS
 from policies.paths import render
 from policies.presets import PRESETS
@@ -206,19 +207,7 @@ POLICY_SCHEMA: dict[str, Any] = _object(
         "checkpointBudget": _object(
             {"writeBandwidthGBps": {"type": "number", "exclusiveMinimum": 0}}
         ),
-        "rules": _object(
-            {
-                "inject": _RULE,
-                "keepOffSpot": _RULE,
-                "spotRequiresFaultTolerance": _RULE,
-                "gracePeriodFitsNotice": _RULE,
-                "checkpointFitsNotice": _RULE,
-                "statefulWorkload": _RULE,
-                "latencyCritical": _RULE,
-                "localStorage": _RULE,
-                "spotNodeBinding": _RULE,
-            }
-        ),
+        "rules": _object({rule.key: _RULE for rule in Rule}),
     }
 )
 

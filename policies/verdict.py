@@ -5,7 +5,8 @@ golden tests only phrase it (the webhook as an AdmissionReview response, the CLI
 of text). So every user-facing sentence is written once, here or in the rules: the
 warnings of both phases (audit mode's "would inject" included) and each violation's
 message and one-line brief. How the wire carries them (which warning goes in which
-field, the 120-character cut, audit annotations) is the transport's business.
+field, the cut to policies.decisions.MAX_WARNING_LENGTH, audit annotations) is the
+transport's business.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from devtools.registration import WEBHOOKS_FILE
 from devtools.reviews import review
 from policies.loader import default_policy
 from policies.workloads import webhook_rules
+from webhook.policy_sources import DEFAULT_CONFIGMAP_KEY
 
 
 def registrations() -> dict[str, dict[str, object]]:
@@ -51,7 +52,7 @@ def configmap_review(text: str | None) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": "spotguard-policy", "namespace": "spotguard-system"},
-        "data": {} if text is None else {"policy.yaml": text},
+        "data": {} if text is None else {DEFAULT_CONFIGMAP_KEY: text},
     }
     body = review(configmap, namespace="spotguard-system")
     body["request"]["kind"] = {"group": "", "version": "v1", "kind": "ConfigMap"}

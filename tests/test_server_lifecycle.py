@@ -161,7 +161,8 @@ def test_metrics_count_reviews_across_workers(tmp_path: Path) -> None:
         value('spotguard_violations_total{mode="enforce",rule="spot-requires-fault-tolerance"}')
         == 10
     )
-    assert value('spotguard_injections_total{kind="tolerations",mode="enforce"}') == 40
+    # One per pod mutated, whatever the number of tolerations each got.
+    assert value('spotguard_injections_total{kind="tolerations",mode="enforce"}') == 10
     assert value('spotguard_review_duration_seconds_count{webhook="mutate"}') == 10
     assert value("spotguard_certificate_expiry_timestamp_seconds") > time.time() + 300 * 86400
 

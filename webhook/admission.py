@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from policies.decisions import Change, ClusterFacts
+from policies.decisions import Change, ClusterFacts, short_warning
 from policies.loader import PolicyError, parse_policy_text
 from policies.model import Mode, Policy, Rule
 from policies.review import (
@@ -28,6 +28,7 @@ from policies.review import (
     review,
 )
 from webhook.cluster import NO_CLUSTER, ClusterAccess
+from webhook.policy_sources import DEFAULT_CONFIGMAP_KEY
 from webhook.review import (
     AdmissionResponse,
     BadReview,
@@ -36,9 +37,6 @@ from webhook.review import (
     denied,
     patched,
 )
-
-#: kubectl shows each warning on its own line; longer ones are cut to stay readable.
-MAX_WARNING_LENGTH = 120
 
 
 class Result(enum.StrEnum):
@@ -64,10 +62,6 @@ class Outcome:
     #: (rule, mode) of each violation, for the violations metric.
     rule_modes: tuple[tuple[Rule, Mode], ...] = ()
     exemption: str = ""
-
-
-def _short(text: str) -> str:
-    return text if len(text) <= MAX_WARNING_LENGTH else text[: MAX_WARNING_LENGTH - 3] + "..."
 
 
 def _rules(rules: tuple[Rule, ...]) -> str:
@@ -101,7 +95,7 @@ def mutation_response(verdict: Verdict) -> tuple[AdmissionResponse, Outcome]:
     mutation = verdict.mutation
     if mutation is None:
         return allow(), Outcome("mutate", Result.SKIPPED, Mode.OFF, exemption=verdict.exemption)
-    warnings = [_short(warning) for warning in mutation.warnings]
+    warnings = [short_warning(warning) for warning in mutation.warnings]
     if mutation.patched is not None:
         outcome = Outcome(
             "mutate", Result.PATCHED, Mode.ENFORCE, _rules(mutation.rules), mutation.changes
@@ -127,7 +121,7 @@ def validation_response(verdict: Verdict) -> tuple[AdmissionResponse, Outcome]:
     if decision is None:
         outcome = Outcome("validate", Result.SKIPPED, Mode.OFF, exemption=verdict.exemption)
         return allow(), outcome
-    warnings = [_short(warning) for warning in verdict.validation_warnings]
+    warnings = [short_warning(warning) for warning in verdict.validation_warnings]
     audit = (
         {"would-reject": " | ".join(v.message() for v in decision.audited)}
         if decision.audited
@@ -185,11 +179,11 @@ def respond(verdict: Verdict, request: Request, phase: Phase) -> tuple[Admission
     return validation_response(verdict)
 
 
-POLICY_KEY = "policy.yaml"
-
-
-def validate_policy_configmap(parsed: Review, _policy: Policy) -> tuple[AdmissionResponse, Outcome]:
-    """Refuse a policy ConfigMap whose document is invalid, before it is stored.
+def validate_policy_configmap(
+    parsed: Review, _policy: Policy, key: str = DEFAULT_CONFIGMAP_KEY
+) -> tuple[AdmissionResponse, Outcome]:
+    """Refuse a policy ConfigMap whose document (``data[key]``, the key the server reads
+    with ``--policy-key``) is invalid, before it is stored.
 
     The server would refuse the revision anyway and keep the last good one; rejecting it
     at ``kubectl apply`` time tells the person editing it, with every bad field's path.
@@ -200,12 +194,12 @@ def validate_policy_configmap(parsed: Review, _policy: Policy) -> tuple[Admissio
     if parsed.operation not in ("CREATE", "UPDATE"):
         return allow(), Outcome(webhook, Result.SKIPPED, Mode.OFF)
     data = parsed.object.get("data")
-    text = data.get(POLICY_KEY) if isinstance(data, dict) else None
+    text = data.get(key) if isinstance(data, dict) else None
     metadata = parsed.object.get("metadata")
     name = metadata.get("name") if isinstance(metadata, dict) else None
     name = name if isinstance(name, str) else "(unnamed)"
     if not isinstance(text, str):
-        message = f"spotguard policy ConfigMap {name} has no key {POLICY_KEY}"
+        message = f"spotguard policy ConfigMap {name} has no key {key}"
         return denied(message), Outcome(webhook, Result.DENIED, Mode.ENFORCE, "policy")
     try:
         loaded = parse_policy_text(text)

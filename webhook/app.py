@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import orjson
 from flask import Flask, Response, request
@@ -21,6 +22,7 @@ from policies.model import Policy
 from webhook.admission import Outcome, Result, Reviewer, validate_policy_configmap
 from webhook.cluster import NO_CLUSTER, ClusterAccess
 from webhook.metrics import Metrics
+from webhook.policy_sources import DEFAULT_CONFIGMAP_KEY
 from webhook.policy_store import PolicyView
 from webhook.review import AdmissionResponse, BadReview, Review, allow, parse_review, response_body
 
@@ -59,6 +61,8 @@ class WebhookSettings:
     cluster: ClusterAccess = NO_CLUSTER
     #: Names of the cluster caches not synced yet; readiness fails while there are any.
     unsynced_caches: Callable[[], tuple[str, ...]] = _all_synced
+    #: The ConfigMap key holding the policy (serve --policy-key): /validate-policy checks it.
+    policy_key: str = DEFAULT_CONFIGMAP_KEY
 
 
 def _json(body: object, status: int = 200) -> tuple[Response, int]:
@@ -119,7 +123,9 @@ def create_app(settings: WebhookSettings) -> Flask:
     )
     app.add_url_rule(
         "/validate-policy",
-        view_func=review_route("validate-policy", validate_policy_configmap),
+        view_func=review_route(
+            "validate-policy", partial(validate_policy_configmap, key=settings.policy_key)
+        ),
         methods=["POST"],
     )
 

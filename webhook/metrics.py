@@ -32,6 +32,8 @@ class Metrics:
     internal_errors: Any
     policy_stale: Any
     certificate_expiry: Any
+    audit_violations: Any
+    audit_last_run: Any
     connections_open: Any
     connections_closed: Any
     connections_lost: Any
@@ -62,7 +64,8 @@ class Metrics:
             ),
             injections=Counter(
                 "spotguard_injections",
-                "Mutations made (or, in audit mode, that would be made), by kind.",
+                "Objects mutated (or, in audit mode, that would be), by kind of injection: "
+                "one per object and kind, however many tolerations or terms it got.",
                 ["kind", "mode"],
                 **kwargs,
             ),
@@ -93,6 +96,20 @@ class Metrics:
             certificate_expiry=Gauge(
                 "spotguard_certificate_expiry_timestamp_seconds",
                 "When the serving certificate in use expires (Unix time).",
+                multiprocess_mode="livemax",
+                **kwargs,
+            ),
+            audit_violations=Gauge(
+                "spotguard_audit_violations",
+                "Objects in the cluster breaking a rule at the last audit, by rule, namespace "
+                "and mode (0 on replicas that do not lead the audit: take the max).",
+                ["rule", "namespace", "mode"],
+                multiprocess_mode="livemax",
+                **kwargs,
+            ),
+            audit_last_run=Gauge(
+                "spotguard_audit_last_run_timestamp_seconds",
+                "When the last complete audit of the cluster finished (Unix time).",
                 multiprocess_mode="livemax",
                 **kwargs,
             ),
@@ -131,8 +148,9 @@ class Metrics:
         )
 
     def count_changes(self, changes: tuple[Change, ...], mode: str) -> None:
-        for change in changes:
-            self.injections.labels(change.kind, mode).inc()
+        """Count the reviewed object once per kind it got (four tolerations are one pod)."""
+        for kind in dict.fromkeys(change.kind for change in changes):
+            self.injections.labels(kind, mode).inc()
 
 
 _process_metrics: Metrics | None = None

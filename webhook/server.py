@@ -51,6 +51,7 @@ from webhook.metrics import (
     start_scrape_server,
 )
 from webhook.policy_publish import PublishedPolicy, publish
+from webhook.policy_sources import DEFAULT_CONFIGMAP_KEY
 from webhook.policy_store import PolicyState, PolicyStore
 from webhook.tls import ReloadingContext
 from webhook.worker import EventLoopWorker
@@ -69,6 +70,15 @@ class PolicySource(Protocol):
     def start(self) -> None: ...
 
 
+class BackgroundTask(Protocol):
+    """Work of the master besides serving (the cluster audit): started once it is ready,
+    stopped when it exits."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class ServerOptions:
     bind: str
@@ -85,6 +95,9 @@ class ServerOptions:
     #: Builds this worker's cluster access (watch caches) after the fork;
     #: None: no cluster access (local runs), the rules then know no node.
     cluster_factory: Callable[[], WatchedCluster] | None = None
+    background: tuple[BackgroundTask, ...] = ()
+    #: The ConfigMap key holding the policy, for /validate-policy.
+    policy_key: str = DEFAULT_CONFIGMAP_KEY
 
 
 class DrainingArbiter(Arbiter):  # type: ignore[misc]
@@ -137,6 +150,7 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
             "pre_fork": self._pre_fork,
             "post_fork": self._post_fork,
             "child_exit": self._child_exit,
+            "on_exit": self._on_exit,
         }
         for key, value in settings.items():
             self.cfg.set(key, value)
@@ -157,6 +171,7 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
                 draining=lambda: bool(self._draining.value),
                 cluster=self._cluster,
                 unsynced_caches=self._cluster.unsynced,
+                policy_key=self._options.policy_key,
             )
         )
         # Everything loaded so far lives as long as the worker: moved out of the garbage
@@ -219,6 +234,12 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
             start_scrape_server(int(port), host or "0.0.0.0")
         if self._source is not None:
             self._source.start()
+        for task in self._options.background:
+            task.start()
+
+    def _on_exit(self, _server: Any) -> None:
+        for task in self._options.background:
+            task.stop()
 
     def _pre_fork(self, server: Any, worker: Any) -> None:
         worker.slot = self.slots.least_held(w.slot for w in server.WORKERS.values())

@@ -35,6 +35,7 @@ from devtools.registration import register, wait_until_called
 from devtools.secret_sync import SecretSync
 from devtools.server import REPO, RunningServer, free_port, start_server
 from policies.loader import parse_policy_text
+from webhook.policy_sources import DEFAULT_CONFIGMAP_KEY
 
 ENFORCE_POLICY = "mode: enforce\n"
 AUDIT_POLICY = "mode: audit\n"
@@ -63,7 +64,7 @@ def policy_configmap(text: str) -> str:
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {"name": POLICY_CONFIGMAP, "namespace": SYSTEM_NAMESPACE},
-            "data": {"policy.yaml": text},
+            "data": {DEFAULT_CONFIGMAP_KEY: text},
         }
     )
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from controlplane.harness import ControlPlane
-from devtools.registration import INJECTED_ANNOTATION, wait_until_called
+from devtools.registration import wait_until_called
 from devtools.server import REPO
+from policies.annotations import INJECTED
 from tests.e2e.conftest import (
     AUDIT_POLICY,
     Webhook,
@@ -56,7 +57,7 @@ def test_training_pod_is_mutated_and_reapplying_adds_nothing(
     ]
     assert spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][0] == "/bin/sh"
     assert spec["terminationGracePeriodSeconds"] == 15
-    assert INJECTED_ANNOTATION in pod["metadata"]["annotations"]
+    assert INJECTED in pod["metadata"]["annotations"]
 
     code, _, stderr = apply(cluster, namespace, EXAMPLES / "training-pod.yaml")
     assert code == 0, stderr
@@ -73,7 +74,7 @@ def test_job_pods_are_mutated_and_placed_on_spot(
     assert code == 0, stderr
     pods = wait_scheduled(cluster, namespace, "app=resnet-train", count=3)
     for pod in pods:
-        assert INJECTED_ANNOTATION in pod["metadata"]["annotations"], pod["metadata"]
+        assert INJECTED in pod["metadata"]["annotations"], pod["metadata"]
         assert node_group_of(pod) in SPOT_GROUPS, pod["spec"]["nodeName"]
 
 
@@ -121,7 +122,7 @@ def test_audit_mode_admits_and_kubectl_prints_the_warning(
         assert code == 0, stderr
         assert "Warning: spotguard audit [inject]: would inject tolerations" in stderr
         pod = get(cluster, "pod", "bert-finetune-0", namespace)
-        assert INJECTED_ANNOTATION not in (pod["metadata"].get("annotations") or {})
+        assert INJECTED not in (pod["metadata"].get("annotations") or {})
 
 
 def test_server_side_dry_run_shows_the_mutation_and_stores_nothing(
@@ -132,7 +133,7 @@ def test_server_side_dry_run_shows_the_mutation_and_stores_nothing(
     )
     assert code == 0, stderr
     shown = json.loads(stdout)
-    assert INJECTED_ANNOTATION in shown["metadata"]["annotations"]
+    assert INJECTED in shown["metadata"]["annotations"]
     assert any(t.get("key") == "spot" for t in shown["spec"]["tolerations"])
     missing = cluster.kubectl("get", "pod", "bert-finetune-0", "-n", namespace)
     assert missing.returncode != 0 and "NotFound" in missing.stderr
@@ -172,7 +173,7 @@ def test_excluded_namespace_is_never_reviewed(cluster: ControlPlane, enforce: We
     code, _, stderr = apply(cluster, "e2e-opted-out", EXAMPLES / "training-pod.yaml")
     assert code == 0, stderr
     pod = get(cluster, "pod", "bert-finetune-0", "e2e-opted-out")
-    assert INJECTED_ANNOTATION not in (pod["metadata"].get("annotations") or {})
+    assert INJECTED not in (pod["metadata"].get("annotations") or {})
 
 
 def test_webhook_outage_follows_the_failure_policy(
@@ -190,7 +191,7 @@ def test_webhook_outage_follows_the_failure_policy(
         elapsed = time.monotonic() - started
         assert code == 0, stderr
         pod = get(cluster, "pod", "bert-finetune-0", namespace)
-        assert INJECTED_ANNOTATION not in (pod["metadata"].get("annotations") or {})
+        assert INJECTED not in (pod["metadata"].get("annotations") or {})
         code, _, stderr = apply(cluster, namespace, EXAMPLES / "web-on-spot.yaml")
         assert code == 0, stderr  # validation is skipped too: documented trade-off
         assert elapsed < 5, f"pod creation took {elapsed:.1f} s with the webhook down"

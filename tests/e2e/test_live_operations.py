@@ -17,7 +17,7 @@ import requests
 from cryptography import x509
 
 from controlplane.harness import ControlPlane
-from devtools.registration import INJECTED_ANNOTATION
+from policies.annotations import INJECTED
 from tests.e2e.conftest import (
     ENFORCE_POLICY,
     POLICY_CONFIGMAP,
@@ -25,6 +25,7 @@ from tests.e2e.conftest import (
     Webhook,
     spotguard_cli,
 )
+from webhook.policy_sources import DEFAULT_CONFIGMAP_KEY
 
 pytestmark = pytest.mark.e2e
 RULE_IN_AUDIT = "rules:\n  spotRequiresFaultTolerance: {mode: audit}\n"
@@ -81,7 +82,7 @@ class ReviewFlow:
                 if isinstance(body, dict)
                 else {}
             )
-            if status != 201 or INJECTED_ANNOTATION not in annotations:
+            if status != 201 or INJECTED not in annotations:
                 self.failures.append(f"HTTP {status}: {str(body)[:200]}")
 
     def __enter__(self) -> ReviewFlow:
@@ -260,13 +261,13 @@ def test_kubectl_apply_of_a_bad_policy_configmap_fails_before_it_is_stored(
             "namespace": SYSTEM_NAMESPACE,
             "labels": {"spotguard.dev/policy": "true"},
         },
-        "data": {"policy.yaml": "spotNodes:\n  presets: [azure]\n"},
+        "data": {DEFAULT_CONFIGMAP_KEY: "spotNodes:\n  presets: [azure]\n"},
     }
     refused = cluster.kubectl("apply", "-f", "-", input=json.dumps(configmap))
     assert refused.returncode != 0
     assert 'admission webhook "policy.spotguard.dev" denied the request' in refused.stderr
     assert "spotNodes.presets[0]: must be one of" in refused.stderr
-    configmap["data"] = {"policy.yaml": "mode: audit\n"}
+    configmap["data"] = {DEFAULT_CONFIGMAP_KEY: "mode: audit\n"}
     accepted = cluster.kubectl("apply", "-f", "-", input=json.dumps(configmap))
     assert accepted.returncode == 0, accepted.stderr
     cluster.kubectl("delete", "configmap", "spotguard-policy-draft", "-n", SYSTEM_NAMESPACE)

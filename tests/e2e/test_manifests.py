@@ -40,6 +40,7 @@ from policies.model import Mode
 from policies.presets import PRESETS
 from tests.e2e.rendering import PROVIDERS, compose, find, keyed, kustomize, policy_of
 from webhook.cli import package_version
+from webhook.policy_sources import DEFAULT_CONFIGMAP_KEY
 
 pytestmark = pytest.mark.e2e
 
@@ -50,6 +51,7 @@ KUSTOMIZATIONS = (*(f"deploy/overlays/{name}" for name in PROVIDERS), "deploy/ki
 #: The provider overlay the structural and live tests install.
 INSTALL = "deploy/overlays/eks"
 CRDS = REPO / "tests" / "e2e" / "crds"
+POLICY_REPORT_CRD = REPO / "deploy/helm/spotguard/files/policy-reports/policyreport-crd.yaml"
 #: Stand-ins for the CRDs of the components' objects (cert-manager, Prometheus Operator).
 STAND_IN_CRDS = (CRDS / "cert-manager.yaml", CRDS / "prometheus-operator.yaml")
 IMAGE = f"spotguard:{package_version()}"
@@ -64,7 +66,7 @@ SECURE_CONTAINER = {
 SERVE_ARGS = [
     "serve", "--bind", "0.0.0.0:8443", "--cert-dir", "/etc/spotguard/certs",
     "--policy-configmap", f"{NAMESPACE}/spotguard-policy", "--metrics-bind", "0.0.0.0:9090",
-    "--runtime-dir", "/tmp/spotguard", "--namespace", NAMESPACE,
+    "--runtime-dir", "/tmp/spotguard", "--namespace", NAMESPACE, "--audit-interval", "300",
 ]  # fmt: skip
 CERTS_ARGS = [
     "certs", "ensure", "--namespace", NAMESPACE, "--secret", "spotguard-tls",
@@ -81,6 +83,13 @@ EXPECTED_RULES: dict[tuple[str, str], list[Manifest]] = {
             "verbs": ["get", "list", "watch"],
         },
         {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["spotguard-audit"],
+            "verbs": ["get", "update"],
+        },
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
     ],
     ("ClusterRole", "spotguard-cluster-reader"): [
         {
@@ -89,6 +98,30 @@ EXPECTED_RULES: dict[tuple[str, str], list[Manifest]] = {
             "verbs": ["list", "watch"],
         },
         {"apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["list", "watch"]},
+    ],
+    ("ClusterRole", "spotguard-audit"): [
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list"]},
+        {
+            "apiGroups": ["apps"],
+            "resources": ["deployments", "statefulsets", "replicasets"],
+            "verbs": ["list"],
+        },
+        {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": ["list"]},
+        {
+            "apiGroups": ["kubeflow.org"],
+            "resources": ["pytorchjobs", "tfjobs", "mpijobs"],
+            "verbs": ["list"],
+        },
+        {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"], "verbs": ["list"]},
+        {"apiGroups": ["jobset.x-k8s.io"], "resources": ["jobsets"], "verbs": ["list"]},
+        {"apiGroups": ["ray.io"], "resources": ["rayjobs", "rayclusters"], "verbs": ["list"]},
+        {"apiGroups": ["batch.volcano.sh"], "resources": ["jobs"], "verbs": ["list"]},
+        {
+            "apiGroups": ["wgpolicyk8s.io"],
+            "resources": ["policyreports"],
+            "verbs": ["list", "create", "patch", "delete"],
+        },
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
     ],
     ("Role", "spotguard-certs"): [
         {
@@ -114,6 +147,7 @@ EXPECTED_BINDINGS = {
     ("ClusterRoleBinding", "spotguard-cluster-reader"): (
         "ClusterRole", "spotguard-cluster-reader", "spotguard",
     ),
+    ("ClusterRoleBinding", "spotguard-audit"): ("ClusterRole", "spotguard-audit", "spotguard"),
     ("RoleBinding", "spotguard-certs"): ("Role", "spotguard-certs", "spotguard-certs"),
     ("ClusterRoleBinding", "spotguard-certs"): (
         "ClusterRole", "spotguard-certs", "spotguard-certs",
@@ -494,8 +528,10 @@ def live(
     )
     plane.start()
     try:
-        # A real apply creates the Namespace before the objects in it.
+        # A real apply creates the Namespace before the objects in it. The PolicyReport CRD
+        # (the policy-reports component) is what the background audit writes to.
         plane.kubectl("apply", "-k", str(REPO / INSTALL), check=True)
+        plane.kubectl("apply", "-f", str(POLICY_REPORT_CRD), check=True)
         yield Live(plane, base, workdir)
     finally:
         plane.stop()
@@ -577,7 +613,7 @@ def served(
 
 
 def set_policy(live: Live, text: str) -> None:
-    patch = json.dumps({"data": {"policy.yaml": text}})
+    patch = json.dumps({"data": {DEFAULT_CONFIGMAP_KEY: text}})
     live.plane.kubectl(
         "patch", "configmap", "spotguard-policy", "-n", NAMESPACE, "-p", patch, check=True
     )
@@ -614,18 +650,71 @@ def test_server_identity_is_refused_everything_else(live: Live) -> None:
             assert live.can(SERVER_SA, verb, resource, namespace="default"), (verb, resource)
     assert live.can(SERVER_SA, "watch", "daemonsets.apps", namespace="default")
     assert live.can(SERVER_SA, "watch", "configmaps/spotguard-policy")
-    for verb, resource in [
-        ("list", "configmaps"),  # without the metadata.name field selector
-        ("get", "configmaps/other"),
-        ("update", "configmaps/spotguard-policy"),
-        ("get", "secrets/spotguard-tls"),
-        ("get", "nodes/some-node"),
-        ("get", "pods/some-pod"),  # a Binding's pod comes from the cache, not a read
-        ("create", "pods"),
-        ("list", "deployments.apps"),
-        ("delete", "events"),
-    ]:
-        assert not live.can(SERVER_SA, verb, resource), f"spotguard may {verb} {resource}"
+    # The background audit: lists, its Lease, its reports and Events.
+    assert live.can(SERVER_SA, "list", "deployments.apps", namespace="team-a")
+    assert live.can(SERVER_SA, "list", "namespaces", namespace="default")
+    assert live.can(SERVER_SA, "update", "leases.coordination.k8s.io/spotguard-audit")
+    assert live.can(SERVER_SA, "create", "policyreports.wgpolicyk8s.io", namespace="team-a")
+    assert live.can(SERVER_SA, "create", "events", namespace="team-a")
+    for verb, resource, namespace in [
+        ("list", "configmaps", NAMESPACE),  # without the metadata.name field selector
+        ("get", "configmaps/other", NAMESPACE),
+        ("update", "configmaps/spotguard-policy", NAMESPACE),
+        ("get", "secrets/spotguard-tls", NAMESPACE),
+        ("list", "secrets", "team-a"),
+        ("get", "nodes/some-node", NAMESPACE),
+        ("get", "pods/some-pod", "team-a"),  # a Binding's pod comes from the cache
+        ("create", "pods", NAMESPACE),
+        ("watch", "deployments.apps", "team-a"),
+        ("delete", "pods/some-pod", "team-a"),
+        ("get", "deployments.apps/web", "team-a"),
+        ("delete", "events", NAMESPACE),
+        ("patch", "events", "team-a"),
+        ("update", "leases.coordination.k8s.io/someone-elses", NAMESPACE),
+        ("get", "leases.coordination.k8s.io/someone-elses", NAMESPACE),
+        ("create", "leases.coordination.k8s.io", "team-a"),
+        ("create", "clusterpolicyreports.wgpolicyk8s.io", "team-a"),
+    ]:  # fmt: skip
+        assert not live.can(SERVER_SA, verb, resource, namespace), (
+            f"spotguard may {verb} {resource}"
+        )
+
+
+@pytest.fixture
+def violating_pod(live: Live) -> str:
+    """A pod that selects spot nodes, created before the server (whose first audit runs
+    at start; the next one 300 s later)."""
+    plane = live.plane
+    plane.kubectl("create", "namespace", "team-a")
+    plane.kubectl("create", "serviceaccount", "default", "-n", "team-a")
+    bad = {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "on-spot", "namespace": "team-a"},
+        "spec": {"nodeSelector": {"eks.amazonaws.com/capacityType": "SPOT"},
+                 "containers": [{"name": "c", "image": "registry.example/c:1"}]},
+    }  # fmt: skip
+    plane.kubectl("apply", "-f", "-", input=json.dumps(bad), check=True)
+    return "team-a"
+
+
+def test_server_identity_can_run_the_background_audit(
+    live: Live, violating_pod: str, served: ServedDeployment
+) -> None:
+    """The Deployment's arguments turn the audit on: under the server's own token it takes
+    the Lease, lists the cluster, writes a PolicyReport and an Event, and is refused nothing
+    (the served fixture fails on any 403 in the log)."""
+    plane = live.plane
+
+    def report() -> Manifest | None:
+        got = plane.kubectl("get", "policyreport", "spotguard", "-n", violating_pod, "-o", "json")
+        return json.loads(got.stdout) if got.returncode == 0 else None
+
+    found: Manifest = wait_for(report, 30, f"the PolicyReport of {violating_pod}")
+    assert found["summary"]["fail"] == 1, found
+    assert found["results"][0]["rule"] == "spot-requires-fault-tolerance"
+    lease = live.get("lease", "spotguard-audit")
+    assert lease["spec"]["holderIdentity"]
+    events = plane.kubectl("get", "events", "-n", violating_pod, "-o", "json", check=True)
+    assert any(e["reason"] == "SpotguardViolation" for e in json.loads(events.stdout)["items"])
 
 
 def test_pod_templates_pass_admission(live: Live) -> None:

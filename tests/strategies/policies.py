@@ -8,18 +8,14 @@ from typing import Any
 from hypothesis import strategies as st
 
 from policies.loader import compile_policy
-from policies.model import Policy
+from policies.model import Policy, Rule
 from policies.operators import OPERATOR_PRESETS
 from policies.presets import PRESETS
 from policies.schema import MODES
 
 JSON = dict[str, Any]
 BOOLEANS = st.booleans()
-RULE_KEYS = (
-    "inject", "keepOffSpot", "spotRequiresFaultTolerance", "gracePeriodFitsNotice",
-    "checkpointFitsNotice", "statefulWorkload", "latencyCritical", "localStorage",
-    "spotNodeBinding",
-)  # fmt: skip
+RULE_KEYS = tuple(rule.key for rule in Rule)
 #: A CRD the policy reviews through workloads.extraKinds.
 CRD_KIND = {
     "group": "example.com",

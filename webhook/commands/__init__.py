@@ -1,0 +1,1 @@
+"""The ``spotguard`` subcommands, one module each; :mod:`webhook.cli` dispatches."""
