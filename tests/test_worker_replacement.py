@@ -24,9 +24,13 @@ from devtools.reviews import plain_pod, review
 from devtools.server import RunningServer, free_port, start_server
 from webhook.worker_state import LastState
 
-pytestmark = pytest.mark.skipif(
-    not go_available(), reason="needs Go to build the load generator (benchmarks/loadgen)"
-)
+pytestmark = [
+    pytest.mark.processes,
+    pytest.mark.toolchain,
+    pytest.mark.skipif(
+        not go_available(), reason="needs Go to build the load generator (benchmarks/loadgen)"
+    ),
+]
 
 
 def wait_for(check: object, timeout: float) -> bool:
