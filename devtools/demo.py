@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from controlplane.build import ensure_binaries
-from controlplane.harness import NODE_GROUPS, ControlPlane, group_of_node
+from controlplane.harness import ControlPlane
+from controlplane.nodegroups import NODE_GROUPS, group_of_node
 from devtools.registration import INJECTED_ANNOTATION, register, wait_until_called
 from devtools.server import REPO, RunningServer, start_server
 from policies.loader import parse_policy_text

@@ -17,8 +17,9 @@ import requests
 from cryptography import x509
 
 from certs.pki import generate_ca, generate_serving, write_pair
+from controlplane.loopback import free_port
 from devtools.reviews import plain_pod, review, training_pod
-from devtools.server import RunningServer, free_port, start_server
+from devtools.server import RunningServer, start_server
 
 pytestmark = pytest.mark.processes
 

@@ -19,9 +19,10 @@ import pytest
 import requests
 
 from benchmarks.load import build_loadgen, go_available, result, start_loadgen
+from controlplane.loopback import free_port
 from devtools.procnet import listening, owners
 from devtools.reviews import plain_pod, review
-from devtools.server import RunningServer, free_port, start_server
+from devtools.server import RunningServer, start_server
 from webhook.worker_state import LastState
 
 pytestmark = [

@@ -30,10 +30,12 @@ import pytest
 
 from certs.pki import CertPaths
 from controlplane.build import ensure_binaries
-from controlplane.harness import ControlPlane, group_of_node
+from controlplane.harness import ControlPlane
+from controlplane.loopback import free_port
+from controlplane.nodegroups import group_of_node
 from devtools.registration import register, wait_until_called
 from devtools.secret_sync import SecretSync
-from devtools.server import REPO, RunningServer, free_port, start_server
+from devtools.server import REPO, RunningServer, start_server
 from policies.loader import parse_policy_text
 
 ENFORCE_POLICY = "mode: enforce\n"

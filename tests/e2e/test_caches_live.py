@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from controlplane.harness import ControlPlane, node_group
+from controlplane.harness import ControlPlane
+from controlplane.nodegroups import node_group
 from tests.e2e.conftest import Webhook
 from webhook.cluster import KubeCluster
 

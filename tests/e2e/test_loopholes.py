@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from controlplane.harness import ControlPlane, node_group
+from controlplane.harness import ControlPlane
+from controlplane.nodegroups import node_group
 from tests.e2e.conftest import Webhook, get, node_group_of, wait_scheduled
 
 pytestmark = pytest.mark.e2e
