@@ -35,11 +35,9 @@ Components:
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import json
 import os
-import signal
 import ssl
 import subprocess
 import sys
@@ -57,14 +55,14 @@ from controlplane.build import ensure_binaries, kwok_stages_dir
 from controlplane.cluster_pki import ClusterPKI, generate_cluster_pki
 from controlplane.identities import Identities, Identity
 from controlplane.loopback import HOST, free_port
-from controlplane.nodegroups import (
-    KWOK_ANNOTATION,
-    NODE_GROUPS,
-    node_manifest,
-    simulated_node,
-)
+from controlplane.nodegroups import KWOK_ANNOTATION
 from controlplane.polling import WaitTimeout, wait_for
 from controlplane.process import Process
+from controlplane.simulated_nodes import (
+    SimulatedNodeError,
+    create_simulated_nodes,
+    wait_simulated_nodes_ready,
+)
 
 if TYPE_CHECKING:
     from controlplane.realnodes import RealNodes
@@ -368,65 +366,19 @@ class ControlPlane:
         self._spawn("kwok", argv, env=env)
 
     def _create_nodes(self) -> None:
-        version = self._server_version()
-        for group in NODE_GROUPS:
-            for node in group.nodes:
-                status, body = self.request(
-                    "POST", "/api/v1/nodes", node_manifest(group, node, version)
-                )
-                if status not in (201, 409):
-                    raise ControlPlaneError(f"creating node {node.name}: HTTP {status} {body}")
-
-    def _server_version(self) -> str:
-        status, body = self.request("GET", "/version")
-        if status == 200 and isinstance(body, dict):
-            return str(body.get("gitVersion", "v0.0.0"))
-        return "v0.0.0"
+        try:
+            create_simulated_nodes(self.request)
+        except SimulatedNodeError as err:
+            raise ControlPlaneError(str(err)) from None
 
     def _wait_nodes_ready(self) -> None:
-        wanted = {
-            node.name: {(t.key, t.value, t.effect) for t in node.taints}
-            for group in NODE_GROUPS
-            for node in group.nodes
-        }
-        last: list[str] = []
-
-        def done() -> bool:
-            nonlocal last
-            last = self._nodes_not_ready(wanted)
-            return not last
-
         try:
-            wait_for(done, self.startup_timeout, "simulated nodes", 0.2, alive=self.check_alive)
-        except WaitTimeout as err:
-            raise ControlPlaneError(f"{err}: not Ready or tainted as expected: {last}") from None
-
-    def _nodes_not_ready(self, wanted: dict[str, set[tuple[str, str, str]]]) -> list[str]:
-        status, body = self.request("GET", "/api/v1/nodes")
-        if status != 200 or not isinstance(body, dict):
-            return list(wanted)
-        left = set(wanted)
-        for item in body.get("items", []):
-            name = item["metadata"]["name"]
-            if name not in wanted:
-                continue
-            conditions = item.get("status", {}).get("conditions") or []
-            ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-            taints = {
-                (t["key"], t.get("value", ""), t["effect"])
-                for t in item.get("spec", {}).get("taints") or []
-            }
-            if ready and taints != wanted[name] and not self.controllers:
-                # Without the node-lifecycle controller nobody removes the not-ready
-                # taint that admission put on the new node.
-                self.request(
-                    "PATCH",
-                    f"/api/v1/nodes/{name}",
-                    {"spec": {"taints": [t.to_api() for t in simulated_node(name).taints]}},
-                )
-            if ready and taints == wanted[name]:
-                left.discard(name)
-        return sorted(left)
+            wait_simulated_nodes_ready(
+                self.request, self.startup_timeout, fix_taints=not self.controllers,
+                alive=self.check_alive,
+            )  # fmt: skip
+        except SimulatedNodeError as err:
+            raise ControlPlaneError(str(err)) from None
 
     def _ensure_default_service_account(self, namespace: str, timeout: float) -> None:
         """Wait for the controller-manager to create it, or create it ourselves."""
@@ -461,39 +413,3 @@ def _probe(url: str, context: ssl.SSLContext | None, token: str | None = None) -
             return bool(resp.status == 200)
     except (OSError, urllib.error.URLError, ssl.SSLError):
         return False
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run a control plane in the foreground until Ctrl-C (demo, debugging)."""
-    parser = argparse.ArgumentParser(prog="python -m controlplane.harness")
-    parser.add_argument("--workdir", type=Path, required=True)
-    parser.add_argument("--no-controllers", action="store_true")
-    parser.add_argument("--no-scheduler", action="store_true")
-    parser.add_argument("--no-nodes", action="store_true")
-    parser.add_argument("--complete-job-pods", action="store_true")
-    parser.add_argument("--real-nodes", action="store_true", help="containerd + kubelets")
-    args = parser.parse_args(argv)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    cp = ControlPlane(
-        args.workdir,
-        controllers=not args.no_controllers,
-        scheduler=not args.no_scheduler,
-        nodes=not args.no_nodes,
-        complete_job_pods=args.complete_job_pods,
-        real_nodes=args.real_nodes,
-    )
-    with cp:
-        times = ", ".join(f"{k} {v:.1f}s" for k, v in cp.startup_seconds.items())
-        print(f"control plane ready ({times}); logs in {cp.logs_dir}", file=sys.stderr)
-        print(f"export KUBECONFIG={cp.kubeconfig}", flush=True)
-        try:
-            while not stop.wait(1.0):
-                cp.check_alive()
-        except KeyboardInterrupt:
-            pass
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
