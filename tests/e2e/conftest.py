@@ -189,22 +189,5 @@ def get(cluster: ControlPlane, kind: str, name: str, namespace: str) -> dict[str
     return document
 
 
-def wait_scheduled(
-    cluster: ControlPlane, namespace: str, selector: str, count: int, timeout: float = 60
-) -> list[dict[str, Any]]:
-    """Pods matching ``selector`` once ``count`` of them are bound to a node."""
-    deadline = time.monotonic() + timeout
-    pods: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        result = cluster.kubectl(
-            "get", "pods", "-n", namespace, "-l", selector, "-o", "json", check=True
-        )
-        pods = json.loads(result.stdout)["items"]
-        if len([p for p in pods if p["spec"].get("nodeName")]) >= count:
-            return pods
-        time.sleep(0.3)
-    raise TimeoutError(f"{count} pods matching {selector} not scheduled in {timeout} s: {pods}")
-
-
 def node_group_of(pod: dict[str, Any]) -> str:
     return group_of_node(pod["spec"]["nodeName"]).name

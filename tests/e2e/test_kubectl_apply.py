@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.harness import ControlPlane
+from controlplane.queries import wait_scheduled
 from devtools.registration import INJECTED_ANNOTATION, wait_until_called
 from devtools.server import REPO
 from tests.e2e.conftest import (
@@ -19,7 +20,6 @@ from tests.e2e.conftest import (
     Webhook,
     get,
     node_group_of,
-    wait_scheduled,
 )
 
 pytestmark = pytest.mark.e2e

@@ -13,7 +13,8 @@ import pytest
 
 from controlplane.harness import ControlPlane
 from controlplane.nodegroups import node_group
-from tests.e2e.conftest import Webhook, get, node_group_of, wait_scheduled
+from controlplane.queries import wait_scheduled
+from tests.e2e.conftest import Webhook, get, node_group_of
 
 pytestmark = pytest.mark.e2e
 HERE = Path(__file__).parent
