@@ -40,6 +40,15 @@ lint: setup  ## ruff and mypy --strict
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+#: The fast loop's tests: pure logic, no process started, no Go, no control plane.
+SLOW := e2e or processes or toolchain or properties or kind
+
+unit: setup  ## the fast loop (seconds; no Go, no control plane): pure-logic tests
+	$(BIN)/pytest -q -m "not ($(SLOW))"
+
+e2e: host-packages controlplane tools  ## the rest: real gunicorn/TLS, shells, Go-built tools, properties, control plane
+	$(BIN)/pytest -m "$(SLOW)"
+
 test: lint host-packages controlplane tools  ## everything CI runs: lint, unit, HTTP/TLS and end-to-end tests
 	$(BIN)/pytest
 

@@ -33,7 +33,8 @@ from typing import Any
 
 import requests
 
-from controlplane.harness import NODE_GROUPS, ControlPlane, node_manifest
+from controlplane.harness import ControlPlane
+from controlplane.nodegroups import NODE_GROUPS, node_manifest
 from policies.loader import default_policy
 from webhook.audit.inventory import Inventory
 from webhook.audit.scan import FAIL, WARN, run_audit

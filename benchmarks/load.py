@@ -12,16 +12,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from controlplane.build import cache_root
 from devtools.server import REPO, RunningServer
 
 LOADGEN_DIR = REPO / "benchmarks" / "loadgen"
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("SPOTGUARD_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "spotguard"
-    )
-    return Path(base)
 
 
 def go_available() -> bool:
@@ -33,7 +27,7 @@ def build_loadgen() -> Path:
     digest = hashlib.sha256()
     for name in ("go.mod", "main.go"):
         digest.update((LOADGEN_DIR / name).read_bytes())
-    binary = cache_dir() / "loadgen" / digest.hexdigest()[:12] / "loadgen"
+    binary = cache_root() / "loadgen" / digest.hexdigest()[:12] / "loadgen"
     if not binary.exists():
         print(f"building load generator into {binary.parent} ...", flush=True)
         partial = binary.with_name(f"loadgen.{os.getpid()}")

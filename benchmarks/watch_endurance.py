@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from controlplane.build import ensure_binaries
-from controlplane.harness import ControlPlane, node_group
+from controlplane.harness import ControlPlane
+from controlplane.nodegroups import node_group
 from webhook import kube_watch
 from webhook.cluster import KubeCluster
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from controlplane.containerd import Containerd
+from controlplane.nodegroups import NodeTaint
 from controlplane.process import Process, ProcessError
 
 CGROUP_V1 = Path("/sys/fs/cgroup")
@@ -40,16 +41,6 @@ CGROUP_V1 = Path("/sys/fs/cgroup")
 
 class KubeletError(RuntimeError):
     """A kubelet could not be set up or did not start."""
-
-
-@dataclass(frozen=True)
-class NodeTaint:
-    key: str
-    value: str
-    effect: str
-
-    def to_api(self) -> dict[str, str]:
-        return {"key": self.key, "value": self.value, "effect": self.effect}
 
 
 @dataclass(frozen=True)

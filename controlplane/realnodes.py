@@ -25,21 +25,19 @@ from pathlib import Path
 from typing import Protocol
 
 from controlplane.containerd import Containerd, unmount_below
-from controlplane.harness import free_port
 from controlplane.images import PAUSE_IMAGE, ImageArchive, ensure_images
 from controlplane.kubelet import (
     KernelSettings,
     Kubelet,
-    NodeTaint,
     RealNode,
     kill_cgroup,
     remove_cgroup_root,
 )
+from controlplane.loopback import free_port
+from controlplane.nodegroups import LIFECYCLE_LABEL, NODE_GROUP_LABEL, NodeTaint
 from controlplane.podnetwork import CNI_BIN_DIR, PodNetwork, instance_id
 
-LIFECYCLE_LABEL = "node.kubernetes.io/lifecycle"
 KARPENTER_CAPACITY_LABEL = "karpenter.sh/capacity-type"
-NODE_GROUP_LABEL = "spotguard.dev/node-group"
 #: The self-managed spot convention (spotguard's "generic" preset tolerates it).
 SPOT_TAINT = NodeTaint("spot", "true", "NoSchedule")
 

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from controlplane.build import ensure_binaries
-from controlplane.harness import NODE_GROUPS, ControlPlane, group_of_node
+from controlplane.harness import ControlPlane
+from controlplane.nodegroups import NODE_GROUPS, group_of_node
+from controlplane.queries import wait_scheduled
 from devtools.registration import register, wait_until_called
 from devtools.server import REPO, RunningServer, start_server
 from policies.annotations import INJECTED
@@ -43,24 +45,6 @@ def kubectl_apply(cluster: ControlPlane, manifest: Path) -> tuple[bool, str, str
     for line in (result.stdout + result.stderr).strip().splitlines():
         say(f"  {line}")
     return result.returncode == 0, result.stdout, result.stderr
-
-
-def pods(cluster: ControlPlane, selector: str) -> list[dict[str, Any]]:
-    result = cluster.kubectl(
-        "get", "pods", "-n", NAMESPACE, "-l", selector, "-o", "json", check=True
-    )
-    items: list[dict[str, Any]] = json.loads(result.stdout)["items"]
-    return items
-
-
-def wait_for_placement(cluster: ControlPlane, selector: str, count: int) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        found = pods(cluster, selector)
-        if len([p for p in found if p["spec"].get("nodeName")]) >= count:
-            return found
-        time.sleep(0.3)
-    raise TimeoutError(f"pods {selector} were not scheduled within 60 s")
 
 
 def describe_injection(pod: dict[str, Any]) -> list[str]:
@@ -140,7 +124,7 @@ def demo_steps(cluster: ControlPlane, policy_file: Path, server: RunningServer) 
     heading("3. A fault-tolerant training Job is mutated and placed on spot")
     ok, _, _ = kubectl_apply(cluster, EXAMPLES / "training-job.yaml")
     assert ok
-    job_pods = wait_for_placement(cluster, "app=resnet-train", 3)
+    job_pods = wait_scheduled(cluster, NAMESPACE, "app=resnet-train", 3)
     for line in describe_injection(job_pods[0]):
         say(f"  {line}")
     for pod in job_pods:
@@ -152,7 +136,7 @@ def demo_steps(cluster: ControlPlane, policy_file: Path, server: RunningServer) 
 
     heading("5. Ordinary pods stay off spot, even off untainted spot nodes")
     kubectl_apply(cluster, EXAMPLES / "web-deployment.yaml")
-    for pod in wait_for_placement(cluster, "app=storefront", 6):
+    for pod in wait_scheduled(cluster, NAMESPACE, "app=storefront", 6):
         say(f"  pod {pod['metadata']['name']:<30} -> {placement(pod)}")
 
     heading("6. The same rejected pod in audit (dry-run) mode: admitted, with a warning")
@@ -161,7 +145,7 @@ def demo_steps(cluster: ControlPlane, policy_file: Path, server: RunningServer) 
     say(f"  (policy file edited to 'mode: audit'; in force {waited:.1f} s later, no restart)")
     ok, _, _ = kubectl_apply(cluster, EXAMPLES / "web-on-spot.yaml")
     say(f"  => {'ADMITTED with the warning above' if ok else 'REJECTED (unexpected)'}")
-    for pod in wait_for_placement(cluster, "app=checkout-api", 1):
+    for pod in wait_scheduled(cluster, NAMESPACE, "app=checkout-api", 1):
         say(f"  pod {pod['metadata']['name']:<22} -> {placement(pod)}")
 
 

@@ -35,8 +35,9 @@ from typing import Any
 import yaml
 
 from controlplane.harness import ControlPlane
+from controlplane.loopback import free_port
 from devtools.secret_sync import SecretSync
-from devtools.server import REPO, free_port, stop_process_group
+from devtools.server import REPO, stop_process_group
 
 Manifest = dict[str, Any]
 

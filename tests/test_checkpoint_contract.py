@@ -33,6 +33,8 @@ from policies.mutate import mutate_pod
 from tests.hook_behaviour import Behaviour, HookResult, HookRunner, Tools, check_behaviour
 from tests.hook_shells import NAMED_SHELLS, SHELLS, TOOLBOX_TOOLS, Shell, toolbox
 
+pytestmark = pytest.mark.processes
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "examples" / "train_tiny.py"
 TORCH_EXAMPLE = ROOT / "examples" / "train_pytorch.py"

@@ -7,12 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from cryptography import x509
 
 from devtools.server import REPO
 from policies.loader import parse_policy_text
 from tests.golden import without_revision
+
+pytestmark = pytest.mark.processes
 
 CASES = REPO / "tests" / "cases"
 

@@ -24,6 +24,8 @@ from devtools.reviews import plain_pod, review, training_pod
 from devtools.server import RunningServer, start_server
 from webhook.app import DEFAULT_MAX_BODY_BYTES
 
+pytestmark = pytest.mark.processes
+
 LIMIT_MESSAGE = f"request body exceeds the {DEFAULT_MAX_BODY_BYTES}-byte limit"
 NINE_MIB = 9 * 1024 * 1024
 

@@ -13,7 +13,10 @@ import pytest
 
 from controlplane.build import Binary, BuildError, GoBuild, build_cached, go_build
 
-pytestmark = pytest.mark.skipif(shutil.which("go") is None, reason="no go command here")
+pytestmark = [
+    pytest.mark.toolchain,
+    pytest.mark.skipif(shutil.which("go") is None, reason="no go command here"),
+]
 
 MAIN = """package main
 

@@ -14,6 +14,7 @@ import inspect
 import logging
 
 import gunicorn
+import pytest
 from gunicorn import sock
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
@@ -24,6 +25,8 @@ from gunicorn.workers.base import Worker
 from webhook.gunicorn_logs import JSONLogger
 from webhook.server import WebhookServer
 from webhook.worker import EventLoopWorker
+
+pytestmark = pytest.mark.processes
 
 
 def source(function: object) -> str:

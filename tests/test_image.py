@@ -21,6 +21,8 @@ import requests
 from certs.pki import generate_pair
 from devtools.server import REPO
 
+pytestmark = pytest.mark.processes
+
 BUILD_TIMEOUT = 1800  # a cold build downloads the base image and every dependency
 
 

@@ -203,6 +203,7 @@ def test_alert_expressions_name_exported_metrics(
         assert unknown_names(rule["expr"], exported) == [], rule["alert"]
 
 
+@pytest.mark.toolchain
 def test_promtool_checks_and_lints_the_rules(promtool: Path, tmp_path: Path) -> None:
     directory = rules_dir(tmp_path)
     result = subprocess.run(
@@ -213,6 +214,7 @@ def test_promtool_checks_and_lints_the_rules(promtool: Path, tmp_path: Path) -> 
     assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout
 
 
+@pytest.mark.toolchain
 def test_promtool_unit_tests_of_every_alert(promtool: Path, tmp_path: Path) -> None:
     tested = {
         case["alertname"]

@@ -6,8 +6,12 @@ a failure reproduces. ``make fuzz`` runs the same properties on a million random
 
 from __future__ import annotations
 
+import pytest
+
 from tests.properties import check_binding, check_junk, check_pod, check_workload, run
 from tests.strategies import batches, junk_batches
+
+pytestmark = pytest.mark.properties
 
 
 # Batches hold 4 to 8 reviews: the quotas below are met with room to spare.

@@ -27,6 +27,8 @@ from policies.quantity import MAX_LENGTH, MAX_MAGNITUDE, QuantityError, parse_qu
 from tests.properties import CI
 from tests.test_quantity import KUBERNETES_TABLE
 
+pytestmark = pytest.mark.toolchain
+
 ORACLE_DIR = Path(__file__).parent / "quantity_oracle"
 
 

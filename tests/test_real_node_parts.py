@@ -11,7 +11,8 @@ from pathlib import Path
 
 from controlplane import debs
 from controlplane.containerd import Containerd
-from controlplane.kubelet import Kubelet, NodeTaint, RealNode
+from controlplane.kubelet import Kubelet, RealNode
+from controlplane.nodegroups import NodeTaint
 from controlplane.oci import FIXED_MTIME, Layer, image_config, write_archive
 from controlplane.podnetwork import PodNetwork, instance_id
 from controlplane.realnodes import REAL_NODES, SPOT_TAINT

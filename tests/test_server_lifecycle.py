@@ -17,8 +17,11 @@ import requests
 from cryptography import x509
 
 from certs.pki import generate_ca, generate_serving, write_pair
+from controlplane.loopback import free_port
 from devtools.reviews import plain_pod, review, training_pod
-from devtools.server import RunningServer, free_port, start_server
+from devtools.server import RunningServer, start_server
+
+pytestmark = pytest.mark.processes
 
 RELOAD_SECONDS = 3.0  # file poll (1 s) + worker check (0.25 s), with slack
 

@@ -283,6 +283,7 @@ def _fits_either_way(spec: Any, node: Node) -> bool:
     return fits(spec, node) or fits(spec, node, toleration_comparisons=True)
 
 
+@pytest.mark.properties
 @settings(max_examples=300, deadline=None)
 @given(spec=SPEC, data=st.data())
 def test_the_symbolic_model_agrees_with_the_concrete_one(spec: Any, data: st.DataObject) -> None:
@@ -345,6 +346,7 @@ def _brute_force_spot_nodes(spec: Any, policy: Policy) -> Iterator[Node]:
                 yield Node(name, labels, taints)
 
 
+@pytest.mark.properties
 @settings(max_examples=120, deadline=None)
 @given(spec=SPEC)
 @example(spec={"nodeSelector": {"tier": "1"}, "tolerations": [{"key": "tier", "value": "x"}]})

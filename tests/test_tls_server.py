@@ -13,6 +13,8 @@ import requests
 from devtools.reviews import plain_pod, review, training_pod
 from devtools.server import RunningServer
 
+pytestmark = pytest.mark.processes
+
 
 def test_mutate_and_validate_over_verified_tls(tls_server: RunningServer) -> None:
     with tls_server.session() as session:

@@ -10,6 +10,8 @@ import pytest
 from controlplane.build import BuildError
 from tools.build import MODULE_DIR, build_key, required_version, version_ldflags
 
+pytestmark = pytest.mark.toolchain
+
 GO_MOD = """module spotguard.dev/tools
 
 go 1.26.7

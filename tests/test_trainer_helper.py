@@ -20,6 +20,8 @@ from trainer.spotguard_checkpoint import (
     Checkpointer,
 )
 
+pytestmark = pytest.mark.processes
+
 HOST = "trainer-0"
 
 

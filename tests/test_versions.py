@@ -17,9 +17,12 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from devtools.server import REPO
+
+pytestmark = pytest.mark.processes
 
 DEPLOY = REPO / "deploy"
 

@@ -19,24 +19,20 @@ import pytest
 import requests
 
 from benchmarks.load import build_loadgen, go_available, result, start_loadgen
+from controlplane.loopback import free_port
+from controlplane.polling import wait_for
 from devtools.procnet import listening, owners
 from devtools.reviews import plain_pod, review
-from devtools.server import RunningServer, free_port, start_server
+from devtools.server import RunningServer, start_server
 from webhook.worker_state import LastState
 
-pytestmark = pytest.mark.skipif(
-    not go_available(), reason="needs Go to build the load generator (benchmarks/loadgen)"
-)
-
-
-def wait_for(check: object, timeout: float) -> bool:
-    assert callable(check)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return bool(check())
+pytestmark = [
+    pytest.mark.processes,
+    pytest.mark.toolchain,
+    pytest.mark.skipif(
+        not go_available(), reason="needs Go to build the load generator (benchmarks/loadgen)"
+    ),
+]
 
 
 def body_file(tmp_path: Path) -> Path:
@@ -78,7 +74,7 @@ def test_workers_replaced_under_load_lose_no_review(tmp_path: Path, whom: str) -
         print(f"{whom}, 3 times: {figures}")
         assert_no_failure(figures)
         # The new workers took over the old workers' listening sockets, one each.
-        assert wait_for(lambda: len(server.workers()) == 2, 10)
+        wait_for(lambda: len(server.workers()) == 2, 10, "two workers again")
         after = listening(server.port, server.workers())
         assert not set(after) & replaced
         assert all(len(held) == 1 for held in after.values()), after
@@ -155,7 +151,11 @@ def test_a_killed_worker_loses_only_its_own_requests_and_they_are_counted(
     connections = [Pinned(server, context) for _ in range(16)]
     try:
         workers = server.workers()
-        assert wait_for(lambda: len(owners(server.port, workers)) >= 16, 5)
+        wait_for(
+            lambda: len(owners(server.port, workers)) >= 16,
+            5,
+            "len(owners(server.port, workers)) >= 16",
+        )
         held = owners(server.port, workers)
         victim, survivor = workers
         doomed = [c for c in connections if held[c.port] == victim][:3]
@@ -168,7 +168,11 @@ def test_a_killed_worker_loses_only_its_own_requests_and_they_are_counted(
         # Three requests under way on the victim: headers and half of each body read.
         for connection in doomed:
             connection.sock.sendall(HEAD + BODY[: len(BODY) // 2])
-        assert wait_for(lambda: read_state(runtime, victim).busy_connections == 3, 5)
+        wait_for(
+            lambda: read_state(runtime, victim).busy_connections == 3,
+            5,
+            "read_state(runtime, victim).busy_connections == 3",
+        )
 
         # Reviews keep flowing on kept-alive connections of the other worker throughout,
         # and on new connections, including those the kernel queues for the dead worker.
@@ -180,7 +184,11 @@ def test_a_killed_worker_loses_only_its_own_requests_and_they_are_counted(
                 reply = session.post(server.url + "/validate", data=BODY, timeout=10,
                                      headers={"Content-Type": "application/json"})  # fmt: skip
                 assert reply.status_code == 200
-        assert wait_for(lambda: victim not in server.workers() and len(server.workers()) == 2, 10)
+        wait_for(
+            lambda: victim not in server.workers() and len(server.workers()) == 2,
+            10,
+            "victim not in server.workers() and len(server.worker",
+        )
         time.sleep(0.5)
         reviews.stop()
         assert reviews.failures == []

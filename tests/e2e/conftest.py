@@ -30,10 +30,12 @@ import pytest
 
 from certs.pki import CertPaths
 from controlplane.build import ensure_binaries
-from controlplane.harness import ControlPlane, group_of_node
+from controlplane.harness import ControlPlane
+from controlplane.loopback import free_port
+from controlplane.nodegroups import group_of_node
 from devtools.registration import register, wait_until_called
 from devtools.secret_sync import SecretSync
-from devtools.server import REPO, RunningServer, free_port, start_server
+from devtools.server import REPO, RunningServer, start_server
 from policies.loader import parse_policy_text
 from webhook.policy_sources import DEFAULT_CONFIGMAP_KEY
 
@@ -186,23 +188,6 @@ def get(cluster: ControlPlane, kind: str, name: str, namespace: str) -> dict[str
     result = cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=True)
     document: dict[str, Any] = json.loads(result.stdout)
     return document
-
-
-def wait_scheduled(
-    cluster: ControlPlane, namespace: str, selector: str, count: int, timeout: float = 60
-) -> list[dict[str, Any]]:
-    """Pods matching ``selector`` once ``count`` of them are bound to a node."""
-    deadline = time.monotonic() + timeout
-    pods: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        result = cluster.kubectl(
-            "get", "pods", "-n", namespace, "-l", selector, "-o", "json", check=True
-        )
-        pods = json.loads(result.stdout)["items"]
-        if len([p for p in pods if p["spec"].get("nodeName")]) >= count:
-            return pods
-        time.sleep(0.3)
-    raise TimeoutError(f"{count} pods matching {selector} not scheduled in {timeout} s: {pods}")
 
 
 def node_group_of(pod: dict[str, Any]) -> str:

@@ -28,13 +28,14 @@ import requests
 import yaml
 
 from controlplane.harness import ControlPlane
-from devtools.server import REPO, RunningServer, free_port, start_server
+from controlplane.loopback import free_port
+from controlplane.queries import wait_scheduled
+from devtools.server import REPO, RunningServer, start_server
 from tests.e2e.conftest import (
     AUDIT_POLICY,
     POLICY_CONFIGMAP,
     SYSTEM_NAMESPACE,
     Webhook,
-    wait_scheduled,
 )
 
 pytestmark = pytest.mark.e2e

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from controlplane.harness import ADMIN_USER, ControlPlane, node_group
+from controlplane.harness import ControlPlane
+from controlplane.nodegroups import node_group
 from tests.e2e.conftest import ENFORCE_POLICY, Webhook, get, node_group_of
 
 pytestmark = pytest.mark.e2e
@@ -28,14 +29,10 @@ EKS_CAPACITY = "eks.amazonaws.com/capacityType"
 AKS_PRIORITY = "kubernetes.azure.com/scalesetpriority"
 AKS_TOLERATION = {"key": AKS_PRIORITY, "operator": "Equal", "value": "spot", "effect": "NoSchedule"}
 USER = "alice"
-#: The default trusted DaemonSet-pod creators, and the identity this harness's
-#: controller-manager authenticates with (its kubeconfig is the admin's; in a cluster it
-#: is system:kube-controller-manager or the DaemonSet controller's service account).
-HARNESS_POLICY = (
-    "mode: enforce\nexemptions:\n  daemonSetPodCreators:\n"
-    "    - system:serviceaccount:kube-system:daemon-set-controller\n"
-    f"    - system:kube-controller-manager\n    - {ADMIN_USER}\n"
-)
+#: Enforce with the default exemptions: the harness's controller-manager runs each
+#: controller as its own service account, as clusters do, so DaemonSet pods are created
+#: by system:serviceaccount:kube-system:daemon-set-controller, a default trusted creator.
+ENFORCE_WITH_DEFAULT_EXEMPTIONS = "mode: enforce\n"
 
 
 def as_user(namespace: str, user: str = USER) -> tuple[str, ...]:
@@ -210,7 +207,7 @@ def test_a_real_daemon_sets_pods_stay_exempt_on_spot_nodes(
 ) -> None:
     """Created by the real controller-manager, bound by the real scheduler to spot nodes
     of both groups, although not fault-tolerant and tolerating every taint."""
-    with webhook.policy(HARNESS_POLICY):
+    with webhook.policy(ENFORCE_WITH_DEFAULT_EXEMPTIONS):
         agent = daemon_set("node-agent", [{"operator": "Exists"}])
         code, output = apply(cluster, agent, "-n", namespace)
         assert code == 0, output

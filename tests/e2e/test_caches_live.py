@@ -16,22 +16,14 @@ from typing import Any
 
 import pytest
 
-from controlplane.harness import ControlPlane, node_group
+from controlplane.harness import ControlPlane
+from controlplane.nodegroups import node_group
+from controlplane.polling import wait_for
 from tests.e2e.conftest import Webhook
 from webhook.cluster import KubeCluster
 
 pytestmark = pytest.mark.e2e
 SPOT_NODE = node_group("spot-untainted").node_names[0]
-
-
-def wait_for(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(what)
 
 
 @pytest.fixture
@@ -190,8 +182,11 @@ def test_reviews_needing_cluster_facts_are_answered_while_the_api_server_is_paus
 
     # Every worker's caches have the objects: each check decided so on new connections.
     for what, (path, review, expected) in checks.items():
-        wait_for(lambda p=path, r=review, e=expected: all(e in answer(p, r) for _ in range(4)),
-                 20, f"{what}: decided from the caches")  # fmt: skip
+
+        def decided(p: str = path, r: dict[str, Any] = review, e: str = expected) -> bool:
+            return all(e in answer(p, r) for _ in range(4))
+
+        wait_for(decided, 20, f"{what}: decided from the caches")
 
     paused = apiserver_pid(cluster)
     os.kill(paused, signal.SIGSTOP)

@@ -27,7 +27,6 @@ pod is denied, a training pod gets AWS's window.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.harness import ControlPlane
+from controlplane.polling import wait_for
 from devtools.helmcli import CHART
 from devtools.installed import (
     ServedDeployment,
@@ -120,16 +120,6 @@ def helm_cluster(tmp_path: Path, cluster: ControlPlane) -> Iterator[Cluster]:
         plane.stop()
 
 
-def wait_for(what: str, condition: object, timeout: float = 30.0) -> None:
-    assert callable(condition)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.3)
-    raise TimeoutError(f"{what}: not within {timeout:.0f} s")
-
-
 def ca_bundles(plane: ControlPlane) -> list[str]:
     bundles = []
     for kind in ("mutatingwebhookconfiguration", "validatingwebhookconfiguration"):
@@ -172,7 +162,7 @@ def audit_warns(cluster: Cluster, served: ServedDeployment) -> None:
         code, output = cluster.dry_run(WEB_ON_SPOT)
         return code == 0 and AUDIT_WARNING in output
 
-    wait_for("the API server calling spotguard", audited)
+    wait_for(audited, 30, "the API server calling spotguard", 0.3)
     code, output = cluster.apply(WEB_ON_SPOT)
     assert code == 0, output
     assert "pod/checkout-api created" in output and AUDIT_WARNING in output
@@ -192,7 +182,7 @@ def upgrade_to_enforce(cluster: Cluster, bundles: list[str]) -> None:
         code, output = cluster.dry_run(WEB_ON_SPOT)
         return code != 0 and "denied the request" in output
 
-    wait_for("the enforce policy in force", denied)
+    wait_for(denied, 30, "the enforce policy in force", 0.3)
     code, output = cluster.apply(WEB_ON_SPOT)
     assert code != 0
     assert 'admission webhook "validate.spotguard.dev" denied the request' in output
@@ -256,7 +246,7 @@ def test_kubectl_apply_k_installs_a_working_webhook(tmp_path: Path, cluster: Con
                 code, output = installed.dry_run(WEB_ON_SPOT)
                 return code != 0 and "denied the request" in output
 
-            wait_for("the API server calling spotguard", denied)
+            wait_for(denied, 30, "the API server calling spotguard", 0.3)
             code, output = installed.dry_run(TRAINING_POD)
             assert code == 0, output
             mutated = json.loads(output[output.index("{") :])

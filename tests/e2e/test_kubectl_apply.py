@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.harness import ControlPlane
+from controlplane.queries import wait_scheduled
 from devtools.registration import wait_until_called
 from devtools.server import REPO
 from policies.annotations import INJECTED
@@ -20,7 +21,6 @@ from tests.e2e.conftest import (
     Webhook,
     get,
     node_group_of,
-    wait_scheduled,
 )
 
 pytestmark = pytest.mark.e2e

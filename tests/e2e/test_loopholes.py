@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
-from controlplane.harness import ControlPlane, node_group
-from tests.e2e.conftest import Webhook, get, node_group_of, wait_scheduled
+from controlplane.harness import ControlPlane
+from controlplane.nodegroups import node_group
+from controlplane.queries import wait_scheduled
+from tests.e2e.conftest import Webhook, get, node_group_of
 
 pytestmark = pytest.mark.e2e
 HERE = Path(__file__).parent

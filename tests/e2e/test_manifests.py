@@ -33,8 +33,9 @@ import pytest
 import yaml
 
 from controlplane.harness import ControlPlane
+from controlplane.loopback import free_port
 from devtools.installed import ServedDeployment, kubeconfig_for, serve_deployment
-from devtools.server import REPO, free_port
+from devtools.server import REPO
 from policies.loader import default_document, parse_policy_text
 from policies.model import Mode
 from policies.presets import PRESETS

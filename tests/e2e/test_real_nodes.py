@@ -29,7 +29,8 @@ import pytest
 from controlplane.build import ensure_binaries
 from controlplane.containerd import Containerd
 from controlplane.harness import ControlPlane
-from controlplane.realnodes import NODE_GROUP_LABEL, containers_unavailable
+from controlplane.nodegroups import NODE_GROUP_LABEL
+from controlplane.realnodes import containers_unavailable
 from devtools.drill import POLICY, VARIANTS, Drill, Variant
 from devtools.drill_cluster import start_spotguard
 from policies.loader import default_policy

@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from controlplane.harness import NODE_GROUPS, ControlPlane
+from controlplane.harness import ControlPlane
+from controlplane.nodegroups import NODE_GROUPS
 from policies.affinity import exclude_spot
 from policies.loader import default_policy
 from policies.placement import Node, can_reach_spot, fits
