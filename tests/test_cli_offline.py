@@ -170,6 +170,7 @@ def spotguard(*args: str, stdin: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+@pytest.mark.processes
 def test_stdin_mixed_with_files_as_kubectl_get_pipes_it() -> None:
     stored_pods = {
         "apiVersion": "v1",
@@ -360,6 +361,7 @@ USER_ERRORS = {
 
 
 @pytest.mark.parametrize("case", sorted(USER_ERRORS), ids=str)
+@pytest.mark.processes
 def test_user_errors_are_one_line_with_the_problem(case: str, tmp_path: Path) -> None:
     args, expected = USER_ERRORS[case]
     dead = tmp_path / "dead.kubeconfig"  # a cluster that is not there

@@ -301,6 +301,7 @@ def test_dashboard_is_well_formed_for_grafana() -> None:
     assert {"datasource", "namespace"} <= variables
 
 
+@pytest.mark.toolchain
 def test_dashboard_queries_are_valid_promql(promtool: Path, tmp_path: Path) -> None:
     """promtool parses each query, as a recording rule, with Grafana's variables filled in."""
     rules = []

@@ -64,6 +64,7 @@ def test_validate_policy_reads_the_key_the_server_reads() -> None:
     assert answer(default, {DEFAULT_CONFIGMAP_KEY: "mode: audit\n"})["allowed"] is True
 
 
+@pytest.mark.processes
 def test_serve_policy_key_reaches_the_workers(tmp_path: Path) -> None:
     """Before, --policy-key other than policy.yaml made /validate-policy refuse every
     revision of the policy the server itself reads."""
