@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,21 +21,14 @@ from cryptography import x509
 
 from certs.pki import generate_ca, generate_serving, write_pair
 from controlplane.loopback import free_port
+from controlplane.polling import wait_for
+from devtools.procnet import children
 from devtools.reviews import plain_pod, review, training_pod
 from devtools.server import RunningServer, start_server
 
 pytestmark = pytest.mark.processes
 
 RELOAD_SECONDS = 3.0  # file poll (1 s) + worker check (0.25 s), with slack
-
-
-def wait_for(check: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
 
 
 def readyz(server: RunningServer) -> dict[str, object]:
@@ -72,7 +68,9 @@ def test_policy_file_edits_apply_live_and_bad_revisions_are_refused(
     started = time.monotonic()
     policy.write_text("mode: audit\n")
     # Several workers: the change is in force once every answer has it.
-    assert wait_for(lambda: all(validate_allowed(server) for _ in range(6)), RELOAD_SECONDS)
+    wait_for(
+        lambda: all(validate_allowed(server) for _ in range(6)), RELOAD_SECONDS, "the edit", 0.05
+    )
     print(f"policy change in force in every worker after {time.monotonic() - started:.2f} s")
     second = readyz(server)["policyRevision"]
     assert second != first
@@ -88,7 +86,7 @@ def test_policy_file_edits_apply_live_and_bad_revisions_are_refused(
     def every_worker_refused() -> bool:  # two workers: ask until both have answered so
         return all({k: readyz(server).get(k) for k in refused} == refused for _ in range(6))
 
-    assert wait_for(every_worker_refused, RELOAD_SECONDS)
+    wait_for(every_worker_refused, RELOAD_SECONDS, "every worker refusing", 0.05)
     assert all(validate_allowed(server) for _ in range(6))  # still the audit-mode policy
     assert "policy_refused" in server.log_file.read_text()
 
@@ -115,8 +113,11 @@ def test_rotated_certificate_is_served_without_restart(tmp_path: Path) -> None:
         paths = write_pair(new_dir, new_ca, generate_serving(new_ca, ["localhost"], ["127.0.0.1"]))
         for name in ("tls.key", "tls.crt"):
             (new_dir / name).replace(server.certs.cert.parent / name)
-        assert wait_for(
-            lambda: _serial_or_none(serial_seen, paths.ca_cert) not in (None, before), 5
+        wait_for(
+            lambda: _serial_or_none(serial_seen, paths.ca_cert) not in (None, before),
+            5,
+            "the rotated certificate served",
+            0.05,
         )
     finally:
         server.stop()
@@ -178,7 +179,7 @@ def test_sigterm_fails_readiness_first_and_finishes_reviews_in_flight(tmp_path: 
     assert connection.getresponse().read() and True
     server.process.send_signal(signal.SIGTERM)
     # During the delay: still serving, but not ready.
-    assert wait_for(lambda: _status(connection, "/readyz") == 503, 1.5)
+    wait_for(lambda: _status(connection, "/readyz") == 503, 1.5, "readiness failing", 0.05)
     body = json.dumps(review(training_pod()))
     results: list[int] = []
 
@@ -201,3 +202,48 @@ def _status(connection: http.client.HTTPSConnection, path: str) -> int:
     reply = connection.getresponse()
     reply.read()
     return reply.status
+
+
+def test_without_runtime_or_cert_dir_the_throwaway_directories_go_with_the_server(
+    tmp_path: Path,
+) -> None:
+    """``spotguard serve`` with neither --runtime-dir nor --cert-dir makes temporary
+    directories; workers replaced on SIGHUP leave them alone, a clean stop removes them."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "webhook", "serve", "--bind", f"127.0.0.1:{port}",
+         "--workers", "2"],
+        env={**os.environ, "TMPDIR": str(temp)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+
+        def made() -> list[Path]:
+            kinds = sorted(p.name.split("-")[1] for p in temp.iterdir())
+            return list(temp.glob("spotguard-certs-*/tls.crt")) if kinds == ["certs", "run"] else []
+
+        certs = wait_for(made, 20, "the throwaway directories")[0].parent
+
+        def healthy() -> bool:
+            with requests.Session() as session:
+                session.trust_env = False
+                try:
+                    reply = session.get(
+                        f"https://127.0.0.1:{port}/healthz", verify=str(certs / "ca.crt"), timeout=2
+                    )
+                except requests.RequestException:
+                    return False
+                return reply.status_code == 200
+
+        wait_for(healthy, 20, "the server answering", 0.1)
+        workers = children(process.pid)
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: not set(children(process.pid)) & set(workers), 20, "new workers")
+        wait_for(healthy, 20, "the new workers answering", 0.1)
+        assert sorted(p.name.split("-")[1] for p in temp.iterdir()) == ["certs", "run"]
+    finally:
+        process.terminate()
+        process.wait(timeout=40)
+    assert list(temp.iterdir()) == []

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +68,28 @@ def _cluster_factory(args: argparse.Namespace) -> Callable[[], WatchedCluster] |
     return build
 
 
+@contextmanager
+def throwaway_dir(prefix: str) -> Iterator[Path]:
+    """A temporary directory removed when the server stops, by the process that made it
+    only: gunicorn's workers are forked from it and leave through the same frames (their
+    ``sys.exit`` unwinds this), and must not take the master's files with them."""
+    owner = os.getpid()
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        if os.getpid() == owner:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     configure(args.log_level)
-    runtime_dir = args.runtime_dir or Path(tempfile.mkdtemp(prefix="spotguard-run-"))
+    with ExitStack() as throwaway:
+        return _serve(args, throwaway)
+
+
+def _serve(args: argparse.Namespace, throwaway: ExitStack) -> int:
+    runtime_dir = args.runtime_dir or throwaway.enter_context(throwaway_dir("spotguard-run-"))
     if args.metrics_bind:
         # Must precede the first import of prometheus_client (see webhook.metrics).
         metrics_dir = runtime_dir / "metrics"
@@ -79,12 +100,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     store, source = _policy_source(args)
     cert_dir: Path = args.cert_dir
     if cert_dir is None:
-        cert_dir = Path(tempfile.mkdtemp(prefix="spotguard-certs-"))
+        cert_dir = throwaway.enter_context(throwaway_dir("spotguard-certs-"))
         names = [*service_dns_names("spotguard", args.namespace), "localhost"]
         generate_pair(cert_dir, names, ["127.0.0.1"])
         serve_log.warning(
-            "no --cert-dir given, serving with a throwaway CA and certificate in %s "
-            "(register its ca.crt as the webhooks' caBundle, or pass --cert-dir)",
+            "no --cert-dir given, serving with a throwaway CA and certificate in %s, removed "
+            "when the server stops (register its ca.crt as the webhooks' caBundle, or pass "
+            "--cert-dir)",
             cert_dir,
         )
     for name in (SERVING_CERT_FILE, SERVING_KEY_FILE):
@@ -164,7 +186,7 @@ def add_serve_command(commands: Any, policy_help: str) -> None:
         "--runtime-dir",
         type=Path,
         help="scratch directory shared by the server's processes (default: a new "
-        "temporary directory)",
+        "temporary directory, removed when the server stops)",
     )
     serve.add_argument(
         "--namespace",
