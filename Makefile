@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)  ## create .venv and install spotguard with its dev tools
 
 host-packages:  ## Debian packages: hook shells, containerd, runc, CNI plugins (only if missing)
-	sh devtools/install-host-packages.sh
+	sh testsupport/install-host-packages.sh
 
 controlplane: setup  ## build kube-apiserver, etcd, ... from Go modules (cached)
 	$(BIN)/python -m controlplane.build
@@ -27,13 +27,13 @@ images: setup  ## pause and trainer images (OCI archives) from Debian packages (
 	$(BIN)/python -m controlplane.images
 
 drill: host-packages controlplane images  ## real kubelets preempt a training Job: timelines, claims checked
-	$(BIN)/python -m devtools.drill
+	$(BIN)/python -m demos.drill
 
 demo: controlplane  ## local demo: a real control plane, the webhook, the examples
-	$(BIN)/python -m devtools.demo
+	$(BIN)/python -m demos.demo
 
 demo-helm: controlplane tools  ## helm install (audit), upgrade (enforce) and uninstall on a local control plane
-	$(BIN)/python -m devtools.demo_helm
+	$(BIN)/python -m demos.demo_helm
 
 lint: setup  ## ruff and mypy --strict
 	$(BIN)/ruff check .

@@ -34,9 +34,9 @@ from typing import Any
 from benchmarks.designs import OLD_DESIGN_REF, source_tree
 from benchmarks.load import build_loadgen
 from benchmarks.measure import host_steal_percent, policy_path_figures, rss_mib, run_load
-from devtools.procnet import spread
-from devtools.reviews import plain_pod, review, training_pod
-from devtools.server import REPO, RunningServer, start_server
+from testsupport.procnet import spread
+from testsupport.reviews import plain_pod, review, training_pod
+from testsupport.server import REPO, RunningServer, start_server
 
 BAD_CLIENTS = {"idle": 1000, "trickle": 200, "notls": 100}
 STEADY = {"rate": 500, "c": 16, "fresh": 5}

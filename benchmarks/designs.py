@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from devtools.server import REPO
+from testsupport.server import REPO
 
 #: The last commit serving with gunicorn's gthread worker (spotguard's ReviewWorker).
 OLD_DESIGN_REF = "644964937a547123108c5e491c2a900f62b0f217"

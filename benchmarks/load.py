@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from controlplane.build import cache_root
-from devtools.server import REPO, RunningServer
+from testsupport.server import REPO, RunningServer
 
 LOADGEN_DIR = REPO / "benchmarks" / "loadgen"
 

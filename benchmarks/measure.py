@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.load import loadgen_command
-from devtools.reviews import plain_pod, review, training_pod
-from devtools.server import RunningServer
 from policies.loader import default_policy
 from policies.review import Phase
 from policies.review import review as domain_review
+from testsupport.reviews import plain_pod, review, training_pod
+from testsupport.server import RunningServer
 from webhook.admission import request_of
 from webhook.review import parse_review
 

@@ -44,9 +44,9 @@ from certs.pki import (
     generate_serving,
     write_pair,
 )
-from devtools.reviews import plain_pod, review
-from devtools.server import RunningServer, start_server
 from policies.loader import parse_policy_text
+from testsupport.reviews import plain_pod, review
+from testsupport.server import RunningServer, start_server
 
 NAMES, ADDRESSES = ["localhost"], ["127.0.0.1"]
 

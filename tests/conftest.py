@@ -10,7 +10,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from devtools.server import RunningServer, start_server
+from testsupport.server import RunningServer, start_server
 from webhook.app import WebhookSettings, create_app
 from webhook.policy_store import PolicyStore
 

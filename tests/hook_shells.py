@@ -17,7 +17,7 @@ import pytest
 
 from tests.hook_behaviour import Tools
 
-INSTALL_HINT = "`make host-packages` (devtools/install-host-packages.sh) installs it"
+INSTALL_HINT = "`make host-packages` (testsupport/install-host-packages.sh) installs it"
 
 #: Asks a shell which of `date` and `sleep` (fractions, or whole seconds) it can run.
 _TOOLS_PROBE = (

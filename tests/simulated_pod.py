@@ -15,12 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devtools.reviews import training_pod
 from policies.decisions import PodContext
 from policies.loader import default_policy
 from policies.mutate import mutate_pod
 from tests.hook_behaviour import HookResult, HookRunner
 from tests.hook_shells import Shell
+from testsupport.reviews import training_pod
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "examples" / "train_tiny.py"

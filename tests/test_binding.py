@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from devtools.reviews import plain_pod, training_pod
 from policies.binding import binding_target, validate_binding
 from policies.decisions import ClusterFacts, PodContext
 from policies.loader import default_policy, parse_policy_text
 from policies.model import Mode, Rule
 from policies.validate import validate_pod
+from testsupport.reviews import plain_pod, training_pod
 
 NODES = {
     "spot-1": {"karpenter.sh/capacity-type": "spot"},

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from cryptography import x509
 
-from devtools.server import REPO
 from policies.loader import parse_policy_text
 from tests.golden import without_revision
+from testsupport.server import REPO
 
 pytestmark = pytest.mark.processes
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from devtools.server import REPO
+from testsupport.server import REPO
 from webhook.cli import main
 
 MIXED = """\

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from devtools.reviews import plain_pod, review, training_pod
-from devtools.server import RunningServer, start_server
+from testsupport.reviews import plain_pod, review, training_pod
+from testsupport.server import RunningServer, start_server
 from webhook.app import DEFAULT_MAX_BODY_BYTES
 
 pytestmark = pytest.mark.processes

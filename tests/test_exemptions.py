@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from devtools.reviews import plain_pod
 from policies.decisions import ClusterFacts
 from policies.exemptions import Requester
 from policies.loader import default_policy, parse_policy_text
@@ -21,6 +20,7 @@ from policies.review import (
     Verdict,
     review,
 )
+from testsupport.reviews import plain_pod
 
 DS_CONTROLLER = Requester(
     "system:serviceaccount:kube-system:daemon-set-controller",

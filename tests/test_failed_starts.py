@@ -13,7 +13,7 @@ import pytest
 
 from controlplane.harness import ControlPlane, ControlPlaneError
 from controlplane.loopback import free_port
-from devtools.server import start_server
+from testsupport.server import start_server
 
 pytestmark = pytest.mark.processes
 

@@ -12,8 +12,8 @@ import pytest
 from flask.testing import FlaskClient
 from prometheus_client import CollectorRegistry
 
-from devtools.reviews import plain_pod, review, training_pod
 from policies.loader import parse_policy_text
+from testsupport.reviews import plain_pod, review, training_pod
 from webhook.app import WebhookSettings, create_app
 from webhook.metrics import Metrics
 from webhook.policy_store import PolicyStore

@@ -6,8 +6,8 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
-from devtools.reviews import plain_pod, review
 from policies.decisions import ClusterFacts
+from testsupport.reviews import plain_pod, review
 from webhook.app import WebhookSettings, create_app
 from webhook.policy_store import PolicyStore
 

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from certs.pki import generate_pair
-from devtools.server import REPO
+from testsupport.server import REPO
 
 pytestmark = pytest.mark.processes
 

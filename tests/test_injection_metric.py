@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from devtools.reviews import plain_pod, review, training_pod
+from testsupport.reviews import plain_pod, review, training_pod
 from webhook.app import WebhookSettings, create_app
 from webhook.metrics import Metrics
 from webhook.policy_store import PolicyStore

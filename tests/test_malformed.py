@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from devtools.reviews import review, training_pod
+from testsupport.reviews import review, training_pod
 
 
 def with_request(**changes: Any) -> bytes:

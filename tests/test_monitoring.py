@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 import webhook
-from devtools.server import REPO
+from testsupport.server import REPO
 from webhook.metrics import Metrics
 
 MONITORING = REPO / "deploy" / "helm" / "spotguard" / "files" / "monitoring"

@@ -22,12 +22,12 @@ import jsonpatch
 import pytest
 import yaml
 
-from devtools.server import REPO
 from policies.decisions import ClusterFacts
 from policies.loader import default_policy
 from policies.model import Policy
 from policies.review import BINDING_KIND, POD_KIND, GroupVersionKind
 from tests.golden import all_cases, load_case
+from testsupport.server import REPO
 from webhook.api_defaults import with_api_defaults
 from webhook.app import WebhookSettings, create_app
 from webhook.judge import Malformed, judge_new

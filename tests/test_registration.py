@@ -7,10 +7,10 @@ from typing import Any
 import yaml
 from flask.testing import FlaskClient
 
-from devtools.registration import WEBHOOKS_FILE
-from devtools.reviews import review
 from policies.loader import default_policy
 from policies.workloads import webhook_rules
+from testsupport.registration import WEBHOOKS_FILE
+from testsupport.reviews import review
 from webhook.policy_sources import DEFAULT_CONFIGMAP_KEY
 
 

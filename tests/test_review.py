@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from devtools.reviews import plain_pod, training_pod
 from policies.decisions import ClusterFacts
 from policies.growth import MAX_OBJECT_BYTES, TOTAL_ANNOTATION_BYTES, annotation_bytes, object_bytes
 from policies.loader import default_policy, parse_policy_text
@@ -25,6 +24,7 @@ from policies.review import (
     review,
 )
 from policies.shapes import MAX_NESTING
+from testsupport.reviews import plain_pod, training_pod
 
 
 def pod_request(pod: Any, operation: Operation = Operation.CREATE, old: Any = None) -> Request:

@@ -6,13 +6,13 @@ from typing import Any
 
 import pytest
 
-from devtools.reviews import training_pod
 from policies.decisions import PodContext
 from policies.loader import default_policy, parse_policy_text
 from policies.model import LabelSelector, SelectorRequirement
 from policies.mutate import mutate_pod
 from policies.pods import tolerates
 from policies.presets import Taint
+from testsupport.reviews import training_pod
 
 SPOT = Taint("spot", "true", "NoSchedule")
 

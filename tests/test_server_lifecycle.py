@@ -22,9 +22,9 @@ from cryptography import x509
 from certs.pki import generate_ca, generate_serving, write_pair
 from controlplane.loopback import free_port
 from controlplane.polling import wait_for
-from devtools.procnet import children
-from devtools.reviews import plain_pod, review, training_pod
-from devtools.server import RunningServer, start_server
+from testsupport.procnet import children
+from testsupport.reviews import plain_pod, review, training_pod
+from testsupport.server import RunningServer, start_server
 
 pytestmark = pytest.mark.processes
 

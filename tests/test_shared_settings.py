@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from devtools.server import start_server
 from policies.loader import PolicyError, default_document, parse_policy_text
 from policies.model import Mode, Rule
 from policies.schema import POLICY_SCHEMA
+from testsupport.server import start_server
 from webhook.app import WebhookSettings, create_app
 from webhook.cli import main
 from webhook.policy_sources import DEFAULT_CONFIGMAP_KEY

@@ -10,8 +10,8 @@ import warnings
 import pytest
 import requests
 
-from devtools.reviews import plain_pod, review, training_pod
-from devtools.server import RunningServer
+from testsupport.reviews import plain_pod, review, training_pod
+from testsupport.server import RunningServer
 
 pytestmark = pytest.mark.processes
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from devtools.server import REPO
+from testsupport.server import REPO
 
 pytestmark = pytest.mark.processes
 

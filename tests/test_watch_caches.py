@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from devtools.reviews import plain_pod, review
 from policies.loader import default_policy
+from testsupport.reviews import plain_pod, review
 from webhook.app import WebhookSettings, create_app
 from webhook.cluster import POD_WAIT_SECONDS, Cache, KubeCluster
 from webhook.kube_watch import WatchStats, run_watch

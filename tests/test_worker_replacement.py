@@ -21,9 +21,9 @@ import requests
 from benchmarks.load import build_loadgen, go_available, result, start_loadgen
 from controlplane.loopback import free_port
 from controlplane.polling import wait_for
-from devtools.procnet import listening, owners
-from devtools.reviews import plain_pod, review
-from devtools.server import RunningServer, start_server
+from testsupport.procnet import listening, owners
+from testsupport.reviews import plain_pod, review
+from testsupport.server import RunningServer, start_server
 from webhook.worker_state import LastState
 
 pytestmark = [

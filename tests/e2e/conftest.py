@@ -33,10 +33,10 @@ from controlplane.build import ensure_binaries
 from controlplane.harness import ControlPlane
 from controlplane.loopback import free_port
 from controlplane.nodegroups import group_of_node
-from devtools.registration import register, wait_until_called
-from devtools.secret_sync import SecretSync
-from devtools.server import REPO, RunningServer, start_server
 from policies.loader import parse_policy_text
+from testsupport.registration import register, wait_until_called
+from testsupport.secret_sync import SecretSync
+from testsupport.server import REPO, RunningServer, start_server
 from webhook.policy_sources import DEFAULT_CONFIGMAP_KEY
 
 ENFORCE_POLICY = "mode: enforce\n"

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from controlplane.harness import ControlPlane
-from devtools.helmcli import CHART, run_helm
-from devtools.server import REPO
+from testsupport.helmcli import CHART, run_helm
+from testsupport.server import REPO
 
 Manifest = dict[str, Any]
 

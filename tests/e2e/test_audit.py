@@ -30,13 +30,13 @@ import yaml
 from controlplane.harness import ControlPlane
 from controlplane.loopback import free_port
 from controlplane.queries import wait_scheduled
-from devtools.server import REPO, RunningServer, start_server
 from tests.e2e.conftest import (
     AUDIT_POLICY,
     POLICY_CONFIGMAP,
     SYSTEM_NAMESPACE,
     Webhook,
 )
+from testsupport.server import REPO, RunningServer, start_server
 
 pytestmark = pytest.mark.e2e
 HERE = Path(__file__).parent

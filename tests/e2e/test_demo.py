@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from devtools.server import REPO
+from testsupport.server import REPO
 
 pytestmark = pytest.mark.e2e
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.e2e
 def test_demo_shows_mutation_rejection_audit_and_placement(cluster: object) -> None:
     # `cluster` only makes sure the control plane binaries exist (or skips with the reason).
     result = subprocess.run(
-        [sys.executable, "-m", "devtools.demo"],
+        [sys.executable, "-m", "demos.demo"],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     output = result.stdout

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from devtools.server import REPO
 from tests.e2e.rendering import helm_binary
+from testsupport.server import REPO
 
 pytestmark = pytest.mark.e2e
 
@@ -17,7 +17,7 @@ def test_demo_installs_audits_enforces_and_uninstalls(cluster: object) -> None:
     # `cluster` and helm_binary() make sure the binaries exist (or skip with the reason).
     helm_binary()
     result = subprocess.run(
-        [sys.executable, "-m", "devtools.demo_helm"],
+        [sys.executable, "-m", "demos.demo_helm"],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     output = result.stdout

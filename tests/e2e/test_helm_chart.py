@@ -30,7 +30,6 @@ import pytest
 import yaml
 
 from controlplane.harness import ControlPlane
-from devtools.helmcli import CHART
 from policies.loader import default_document, parse_policy_text
 from policies.model import Mode, Rule
 from policies.operators import OPERATOR_PRESETS
@@ -52,6 +51,7 @@ from tests.e2e.rendering import (
     merge_values,
     policy_of,
 )
+from testsupport.helmcli import CHART
 
 pytestmark = pytest.mark.e2e
 

@@ -3,7 +3,7 @@ answering `kubectl apply` through the Service the manifests register: `helm inst
 `helm upgrade` and `helm uninstall` of the chart, and one `kubectl apply -k` of a
 provider overlay.
 
-The control plane has no kubelet to run the image, so devtools.installed plays one: it runs
+The control plane has no kubelet to run the image, so testsupport.installed plays one: it runs
 the certificate Job's command and the Deployment's server with their own ServiceAccounts'
 tokens, the TLS Secret's files synced like a mounted Secret, the server listening on the
 Service's ClusterIP and port (the control plane's service CIDR is on loopback for this).
@@ -35,8 +35,9 @@ import pytest
 
 from controlplane.harness import ControlPlane
 from controlplane.polling import wait_for
-from devtools.helmcli import CHART
-from devtools.installed import (
+from tests.e2e.rendering import DEPLOY, helm, helm_binary
+from testsupport.helmcli import CHART
+from testsupport.installed import (
     ServedDeployment,
     get,
     loopback_service_cidr,
@@ -45,9 +46,8 @@ from devtools.installed import (
     service_port_flags,
     spotguard_objects,
 )
-from devtools.installed import serve_deployment as serve
-from devtools.server import REPO
-from tests.e2e.rendering import DEPLOY, helm, helm_binary
+from testsupport.installed import serve_deployment as serve
+from testsupport.server import REPO
 from webhook.cli import package_version
 
 pytestmark = pytest.mark.e2e

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from devtools.server import REPO
+from testsupport.server import REPO
 
 KIND_DIR = REPO / "deploy" / "kind"
 UP, DOWN = KIND_DIR / "up.sh", KIND_DIR / "down.sh"

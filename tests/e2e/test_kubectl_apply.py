@@ -13,8 +13,6 @@ import pytest
 
 from controlplane.harness import ControlPlane
 from controlplane.queries import wait_scheduled
-from devtools.registration import wait_until_called
-from devtools.server import REPO
 from policies.annotations import INJECTED
 from tests.e2e.conftest import (
     AUDIT_POLICY,
@@ -22,6 +20,8 @@ from tests.e2e.conftest import (
     get,
     node_group_of,
 )
+from testsupport.registration import wait_until_called
+from testsupport.server import REPO
 
 pytestmark = pytest.mark.e2e
 EXAMPLES = REPO / "examples"

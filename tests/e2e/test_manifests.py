@@ -34,12 +34,12 @@ import yaml
 
 from controlplane.harness import ControlPlane
 from controlplane.loopback import free_port
-from devtools.installed import ServedDeployment, kubeconfig_for, serve_deployment
-from devtools.server import REPO
 from policies.loader import default_document, parse_policy_text
 from policies.model import Mode
 from policies.presets import PRESETS
 from tests.e2e.rendering import PROVIDERS, compose, find, keyed, kustomize, policy_of
+from testsupport.installed import ServedDeployment, kubeconfig_for, serve_deployment
+from testsupport.server import REPO
 from webhook.cli import package_version
 from webhook.policy_sources import DEFAULT_CONFIGMAP_KEY
 
@@ -598,7 +598,7 @@ def served(
 ) -> Iterator[ServedDeployment]:
     """``spotguard serve`` with the Deployment's arguments, the files its Secret volume
     mounts, and the server ServiceAccount's token, checked the way the API server would
-    (devtools.installed)."""
+    (testsupport.installed)."""
     assert certificates.returncode == 0, certificates.stdout + certificates.stderr
     server = serve_deployment(
         live.plane, NAMESPACE, "spotguard", tmp_path, bind=("127.0.0.1", free_port())

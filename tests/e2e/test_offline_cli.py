@@ -21,7 +21,6 @@ import pytest
 import yaml
 
 from controlplane.harness import ControlPlane
-from devtools.server import REPO
 from policies.presets import PRESETS
 from tests.e2e.conftest import AUDIT_POLICY, ENFORCE_POLICY, Webhook
 from tests.e2e.rendering import (
@@ -33,6 +32,7 @@ from tests.e2e.rendering import (
     helm_binary,
     helm_template,
 )
+from testsupport.server import REPO
 
 pytestmark = pytest.mark.e2e
 HERE = Path(__file__).parent

@@ -1,7 +1,7 @@
 """Real nodes (containerd + kubelet) in the harness: the preemption drill, and the preStop
 hook's behaviour inside a real container.
 
-The drill (devtools/drill.py, also `make drill`) applies examples/tiny-training-job.yaml,
+The drill (demos/drill.py, also `make drill`) applies examples/tiny-training-job.yaml,
 which spotguard mutates; a real kubelet runs the injected hook when a spot notice arrives
 (an eviction through the Eviction API, or a NoExecute taint), and each claim about what
 followed is checked against the kubelet's log, the trainer's container log and the
@@ -31,8 +31,8 @@ from controlplane.containerd import Containerd
 from controlplane.harness import ControlPlane
 from controlplane.nodegroups import NODE_GROUP_LABEL
 from controlplane.realnodes import containers_unavailable
-from devtools.drill import POLICY, VARIANTS, Drill, Variant
-from devtools.drill_cluster import start_spotguard
+from demos.drill import POLICY, VARIANTS, Drill, Variant
+from demos.drill_cluster import start_spotguard
 from policies.loader import default_policy
 from tests.hook_behaviour import Behaviour, HookResult, HookRunner, Tools, check_behaviour
 

@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 
 from controlplane.harness import ControlPlane
-from devtools.server import REPO
 from policies.annotations import INJECTED
+from testsupport.server import REPO
 
 WEBHOOKS_FILE = REPO / "deploy" / "base" / "webhooks.yaml"
 

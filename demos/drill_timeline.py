@@ -5,11 +5,11 @@ Sources, all with this machine's clock:
 - the kubelet's JSON log (``--v=3``): when it began stopping the pod (the grace period
   starts), ran the preStop hook, saw it return, sent SIGTERM ("Killing container with a
   grace period") and saw the container gone;
-- the trainer's container log (CRI timestamps, devtools/podlogs.py): the helper's lines
+- the trainer's container log (CRI timestamps, demos/podlogs.py): the helper's lines
   (request seen, checkpoint saved, request acknowledged) and train_tiny's events (steps,
   saves, resume, exit);
 - the checkpoint volume: the hook's request file (written when the hook starts asking);
-- the pods as the API showed them (devtools/drill.py polls them): created, scheduled,
+- the pods as the API showed them (demos/drill.py polls them): created, scheduled,
   exit status.
 """
 
@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devtools.podlogs import LogLine
+from demos.podlogs import LogLine
 
 #: kubelet messages (JSON field "msg") that mark the steps of stopping a container.
 KUBELET_STOP_STARTS = "Killing container with a grace period override"

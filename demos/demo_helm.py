@@ -5,7 +5,7 @@ platform team runs: ``helm install`` of deploy/helm/spotguard for an EKS cluster
 mode, ``kubectl apply`` of a pod that asks for spot without being fault-tolerant (a
 warning), ``helm upgrade --set mode=enforce`` (a denial), a training pod (mutated, with
 AWS's notice window), and ``helm uninstall`` (nothing left). The control plane has no
-kubelet, so devtools.installed runs the certificate Job's command and the Deployment's
+kubelet, so testsupport.installed runs the certificate Job's command and the Deployment's
 server here, with their ServiceAccounts; the API server reaches the server through the
 chart's Service. Everything it starts is stopped at the end.
 """
@@ -19,16 +19,16 @@ from pathlib import Path
 
 from controlplane.build import ensure_binaries
 from controlplane.harness import ControlPlane
-from devtools.demo import demo_main, heading, say
-from devtools.helmcli import CHART, run_helm
-from devtools.installed import (
+from demos.demo import demo_main, heading, say
+from testsupport.helmcli import CHART, run_helm
+from testsupport.installed import (
     loopback_service_cidr,
     run_job,
     serve_deployment,
     service_port_flags,
     spotguard_objects,
 )
-from devtools.server import REPO
+from testsupport.server import REPO
 from tools.build import ensure_tools
 
 NAMESPACE = "spotguard-system"
@@ -150,7 +150,7 @@ def steps(demo: Demo) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return demo_main(run, "python -m devtools.demo_helm", __doc__, argv)
+    return demo_main(run, "python -m demos.demo_helm", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ objects say, on this machine, the way a node would:
 
 - the certificate Job's container arguments, as the Job's ServiceAccount (a token of it);
 - the Deployment's container arguments, as the Deployment's ServiceAccount, with the TLS
-  Secret's files kept in sync like a mounted Secret (devtools.secret_sync), listening on
+  Secret's files kept in sync like a mounted Secret (testsupport.secret_sync), listening on
   the Service's ClusterIP and port, so the API server reaches it through the Service
   exactly as the webhook registrations say (kube-apiserver resolves a webhook's Service to
   its ClusterIP). This needs a control plane whose service CIDR is on loopback:
@@ -36,8 +36,8 @@ import yaml
 
 from controlplane.harness import ControlPlane
 from controlplane.loopback import free_port
-from devtools.secret_sync import SecretSync
-from devtools.server import REPO, stop_process_group
+from testsupport.secret_sync import SecretSync
+from testsupport.server import REPO, stop_process_group
 
 Manifest = dict[str, Any]
 

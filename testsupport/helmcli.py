@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from devtools.server import REPO
+from testsupport.server import REPO
 
 CHART = REPO / "deploy" / "helm" / "spotguard"
 

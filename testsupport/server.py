@@ -18,7 +18,7 @@ import requests
 
 from certs.pki import CertPaths, generate_pair, service_dns_names
 from controlplane.loopback import free_port
-from devtools.procnet import children
+from testsupport.procnet import children
 
 REPO = Path(__file__).resolve().parent.parent
 

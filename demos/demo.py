@@ -22,10 +22,10 @@ from controlplane.build import ensure_binaries
 from controlplane.harness import ControlPlane
 from controlplane.nodegroups import NODE_GROUPS, group_of_node
 from controlplane.queries import wait_scheduled
-from devtools.registration import register, wait_until_called
-from devtools.server import REPO, RunningServer, start_server
 from policies.annotations import INJECTED
 from policies.loader import parse_policy_text
+from testsupport.registration import register, wait_until_called
+from testsupport.server import REPO, RunningServer, start_server
 
 EXAMPLES = REPO / "examples"
 NAMESPACE = "ml-team"
@@ -173,7 +173,7 @@ def demo_main(
 
 
 def main(argv: list[str] | None = None) -> int:
-    return demo_main(run, "python -m devtools.demo", __doc__, argv)
+    return demo_main(run, "python -m demos.demo", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from devtools.drill_timeline import Preemption
+from demos.drill_timeline import Preemption
 
 #: The hook polls every 0.2 s and its process needs a moment to end: slack on its budget.
 HOOK_SLACK = 0.5

@@ -31,8 +31,8 @@ from typing import Any
 import yaml
 
 from controlplane.harness import ControlPlane
-from devtools.registration import register, wait_until_called
-from devtools.server import REPO, RunningServer, start_server
+from testsupport.registration import register, wait_until_called
+from testsupport.server import REPO, RunningServer, start_server
 
 JOB_MANIFEST = REPO / "examples" / "tiny-training-job.yaml"
 JOB_NAME = "tiny-train"

@@ -27,8 +27,8 @@ from typing import TextIO
 
 from controlplane.harness import ControlPlane
 from controlplane.realnodes import REAL_NODES, RealNodes, containers_unavailable
-from devtools import drill_checks as checks
-from devtools.drill_cluster import (
+from demos import drill_checks as checks
+from demos.drill_cluster import (
     JOB_MANIFEST,
     JOB_NAME,
     PodRecord,
@@ -42,7 +42,7 @@ from devtools.drill_cluster import (
     start_spotguard,
     taint_no_execute,
 )
-from devtools.drill_timeline import (
+from demos.drill_timeline import (
     KUBELET_EXITED,
     KUBELET_HOOK_CUT,
     KUBELET_HOOK_DONE,
@@ -54,7 +54,7 @@ from devtools.drill_timeline import (
     format_timeline,
     kubelet_events,
 )
-from devtools.podlogs import PodLogFollower
+from demos.podlogs import PodLogFollower
 from policies.annotations import INJECTED
 from policies.loader import parse_policy_text
 
@@ -370,7 +370,7 @@ def run(workdir: Path, variants: Sequence[Variant], out: TextIO = sys.stdout) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m devtools.drill", description=__doc__.split("\n")[0]
+        prog="python -m demos.drill", description=__doc__.split("\n")[0]
     )
     parser.add_argument(
         "--workdir", type=Path, help="keep logs and volumes here (default: a temporary directory)"

@@ -1,1 +1,0 @@
-"""Development helpers shared by the tests, the benchmark and the demo (not shipped)."""
