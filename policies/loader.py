@@ -306,6 +306,7 @@ def _build(doc: dict[str, Any]) -> Policy:
             host_path_exempt_prefixes=tuple(poor["localStorage"]["hostPathExemptPrefixes"]),
         ),
         deny_unknown_nodes=doc["nodeBinding"]["unknownNodes"] == "deny",
+        trusted_schedulers=frozenset(doc["nodeBinding"]["trustedSchedulers"]),
     )
 
 

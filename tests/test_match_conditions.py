@@ -1,0 +1,288 @@
+"""The registrations' match conditions never skip a review that matters.
+
+The API server's own evaluator decides (``webhook-match``, built from the pinned
+k8s.io/apiserver: namespace and object selectors, rules, matchConditions compiled and run
+as kube-apiserver does); spotguard's rules judge the same object (as the API server
+decoded and defaulted it). For every generated pod, pod update and workload, under
+policies that cover every preset, mode and opt-in mechanism:
+
+- a review the mutating webhook's conditions skip gets no patch and no warning from the
+  mutating rules;
+- a review the validating webhook's conditions skip gets no violation (of any mode) and
+  no warning from the validating rules, for the pod as created and as spotguard's
+  mutation leaves it (the validating webhook sees the mutated pod);
+- no condition ever raises an error (with failurePolicy Ignore an error is a skip), even
+  on custom resources holding arbitrary JSON.
+
+The objects are drawn by Hypothesis once per run (deterministically) and every one is
+checked under every policy. ``SPOTGUARD_PROOF_CASES`` sets how many pods are drawn
+(default 1,200; half as many pod updates and workloads).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from devtools.webhook_match import Decision, Matcher
+from devtools.webhook_match import request as admission_request
+from policies.decisions import ClusterFacts, PodContext
+from policies.loader import parse_policy_text
+from policies.model import Mode, Policy
+from policies.mutate import mutate_pod
+from policies.objects import mutate_object, validate_object
+from policies.validate import validate_pod
+from tests import relevance_strategies as gen
+from webhook.registration import MUTATING_WEBHOOK, VALIDATING_WEBHOOK, Endpoint, render
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("go") is None, reason="needs Go to build the API server's evaluator"
+)
+
+#: Generated objects per kind of review (pods, updates, workloads), checked under every
+#: policy below.
+CORPUS = int(os.environ.get("SPOTGUARD_PROOF_CASES", "1200"))
+BATCH = 40
+NAMESPACE = "team"
+FACTS = ClusterFacts.from_data(
+    {
+        "spot-1": {"eks.amazonaws.com/capacityType": "SPOT", "pool": "cheap"},
+        "od-1": {"eks.amazonaws.com/capacityType": "ON_DEMAND"},
+    },
+    [f"{NAMESPACE}/local-data"],
+)
+
+#: Every preset, both modes, rules off, custom labels and taints, every opt-in mechanism.
+POLICIES = {
+    "default": "",
+    "audit": "mode: audit\n",
+    "eks": "spotNodes: {presets: [eks, karpenter]}\n",
+    "aks": "spotNodes: {presets: [aks]}\n",
+    "gke-custom": (
+        "spotNodes: {presets: [gke], labels: [{key: pool, values: [cheap]}],"
+        " taints: [{key: pool, effect: NoExecute}]}\n"
+    ),
+    "operators": "faultTolerant: {operatorPresets: [kubeflow, jobset, ray, volcano]}\n",
+    "selector": (
+        "faultTolerant: {matchExpressions: [{key: team, operator: In, values: [ml]},"
+        " {key: tier, operator: NotIn, values: [gpu]}, {key: app, operator: DoesNotExist}]}\n"
+    ),
+    "rules-off": (
+        "rules: {spotRequiresFaultTolerance: {mode: off}, keepOffSpot: {mode: off},"
+        " latencyCritical: {mode: off}, gracePeriodFitsNotice: {mode: off}}\n"
+    ),
+    "templates": "workloads: {mutateTemplates: true}\nnamespaces: {include: [team, ml]}\n",
+}
+
+
+def harvest(strategy: st.SearchStrategy[Any], count: int) -> list[Any]:
+    """``count`` values drawn by Hypothesis (deterministically), to check under every policy:
+    the evaluator and the rules are fast, drawing is what costs."""
+    drawn: list[Any] = []
+
+    @settings(
+        max_examples=max(1, count // BATCH),
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(st.lists(strategy, min_size=BATCH, max_size=BATCH))
+    def draw(batch: list[Any]) -> None:
+        drawn.extend(batch)
+
+    draw()
+    return drawn
+
+
+@dataclass
+class Proof:
+    """One policy, its registrations running in the evaluator, and what was checked."""
+
+    policy: Policy
+    matcher: Matcher
+    checked: dict[str, int] = field(default_factory=dict)
+
+    def count(self, what: str) -> None:
+        self.checked[what] = self.checked.get(what, 0) + 1
+
+    def decide(self, requests: list[dict[str, Any]]) -> list[Decision]:
+        return self.matcher.decide(requests)
+
+
+@pytest.fixture(scope="module", params=sorted(POLICIES))
+def proof(request: pytest.FixtureRequest) -> Iterator[Proof]:
+    policy = parse_policy_text(POLICIES[request.param])
+    registrations = render(policy, Endpoint(url="https://127.0.0.1:9/"))
+    with Matcher(registrations, echo=True) as matcher:
+        checked = Proof(policy, matcher)
+        yield checked
+    print(f"\n{request.param}: checked {checked.checked}")
+
+
+@pytest.fixture(scope="module")
+def pods() -> list[dict[str, Any]]:
+    return harvest(gen.pods, CORPUS)
+
+
+def _update_of(old: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
+    """``old`` with labels, annotations, or tolerations (only added) changed."""
+    new = {**old, "metadata": {**old["metadata"]}, "spec": {**old["spec"]}}
+    if "labels" in change:
+        new["metadata"]["labels"] = change["labels"]
+    if "annotations" in change:
+        new["metadata"]["annotations"] = change["annotations"]
+    if "tolerations" in change:
+        added = change["tolerations"]
+        new["spec"]["tolerations"] = [*(old["spec"].get("tolerations") or []), *added]
+    return new
+
+
+_changes = gen.record(
+    {},
+    {
+        "labels": gen.pod_labels,
+        "annotations": gen.pod_annotations,
+        "tolerations": st.lists(gen.toleration, min_size=1, max_size=2),
+    },
+)
+
+
+@pytest.fixture(scope="module")
+def updates() -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    pairs = harvest(st.tuples(gen.pods, _changes), CORPUS // 2)
+    return [(old, _update_of(old, change)) for old, change in pairs]
+
+
+WORKLOADS = {
+    "Deployment": (gen.deployments, "apps", "v1", "deployments"),
+    "Job": (gen.jobs, "batch", "v1", "jobs"),
+    "PyTorchJob": (gen.pytorchjobs, "kubeflow.org", "v1", "pytorchjobs"),
+    "JobSet": (gen.jobsets, "jobset.x-k8s.io", "v1alpha2", "jobsets"),
+}
+#: (kind, object, operation, the other object an UPDATE starts from).
+_workloads = st.sampled_from(sorted(WORKLOADS)).flatmap(
+    lambda kind: st.tuples(
+        st.just(kind),
+        WORKLOADS[kind][0],
+        st.sampled_from(("create", "update-unchanged", "update")),
+        WORKLOADS[kind][0],
+    )
+)
+
+
+@pytest.fixture(scope="module")
+def workloads() -> list[tuple[str, Any, str, Any]]:
+    return harvest(_workloads, CORPUS // 2)
+
+
+def _context(operation: str = "CREATE") -> PodContext:
+    return PodContext(NAMESPACE, operation, FACTS)
+
+
+def _no_errors(decision: Decision) -> None:
+    assert not decision.errors, f"a match condition failed (a bypass): {decision.errors}"
+
+
+def _mutation_output(pod: dict[str, Any], policy: Policy) -> tuple[Any, ...]:
+    decision = mutate_pod(pod, _context(), policy)
+    return decision.changes + decision.warnings
+
+
+def _validation_output(
+    pod: dict[str, Any],
+    policy: Policy,
+    operation: str = "CREATE",
+    old: dict[str, Any] | None = None,
+) -> tuple[Any, ...]:
+    decision = validate_pod(pod, _context(operation), policy, old)
+    return decision.violations + decision.warnings
+
+
+def test_skipped_pod_creates_need_nothing(proof: Proof, pods: list[dict[str, Any]]) -> None:
+    mutated: list[dict[str, Any]] = []
+    for decision in proof.decide([admission_request(p, namespace=NAMESPACE) for p in pods]):
+        _no_errors(decision)
+        if decision.decode_error or decision.object is None:
+            continue
+        pod = decision.object
+        proof.count("pod creates")
+        if not decision.called(MUTATING_WEBHOOK):
+            assert not _mutation_output(pod, proof.policy), f"mutation skipped for {pod}"
+        if not decision.called(VALIDATING_WEBHOOK):
+            assert not _validation_output(pod, proof.policy), f"validation skipped for {pod}"
+        result = mutate_pod(pod, _context(), proof.policy)
+        if result.mode is Mode.ENFORCE and result.mutated is not None:
+            mutated.append(result.mutated)
+    # What the validating webhook sees after spotguard's own mutation.
+    for decision in proof.decide([admission_request(p, namespace=NAMESPACE) for p in mutated]):
+        _no_errors(decision)
+        if decision.decode_error or decision.object is None:
+            continue
+        proof.count("mutated pods")
+        if not decision.called(VALIDATING_WEBHOOK):
+            output = _validation_output(decision.object, proof.policy)
+            assert not output, f"validation skipped for mutated {decision.object}"
+    assert proof.checked["pod creates"] >= len(pods) * 0.9
+
+
+def test_skipped_pod_updates_need_nothing(
+    proof: Proof, updates: list[tuple[dict[str, Any], dict[str, Any]]]
+) -> None:
+    requests = [
+        admission_request(new, old=old, operation="UPDATE", namespace=NAMESPACE)
+        for old, new in updates
+    ]
+    for decision in proof.decide(requests):
+        _no_errors(decision)
+        if decision.decode_error or decision.object is None:
+            continue
+        proof.count("pod updates")
+        if not decision.called(VALIDATING_WEBHOOK):
+            old = decision.old_object
+            output = _validation_output(decision.object, proof.policy, "UPDATE", old)
+            assert not output, f"update skipped: {old} -> {decision.object}"
+    assert proof.checked["pod updates"] >= len(updates) * 0.9
+
+
+def test_skipped_workload_reviews_need_nothing(
+    proof: Proof, workloads: list[tuple[str, Any, str, Any]]
+) -> None:
+    requests = []
+    for kind, obj, operation, other in workloads:
+        _, group, version, resource = WORKLOADS[kind]
+        updated = operation != "create"
+        old = (obj if operation == "update-unchanged" else other) if updated else None
+        requests.append(
+            admission_request(
+                obj,
+                group=group,
+                version=version,
+                kind=kind,
+                resource=resource,
+                old=old,
+                operation="UPDATE" if updated else "CREATE",
+                namespace=NAMESPACE,
+            )
+        )
+    for decision, sent in zip(proof.decide(requests), requests, strict=True):
+        _no_errors(decision)
+        if decision.decode_error or decision.object is None:
+            continue
+        proof.count("workloads")
+        context = _context(sent["operation"])
+        obj, old = decision.object, decision.old_object
+        if not decision.called(VALIDATING_WEBHOOK):
+            judged = validate_object(obj, context, proof.policy, old)
+            assert not (judged.violations or judged.warnings), f"validation skipped for {obj}"
+        if not decision.called(MUTATING_WEBHOOK):
+            changed = mutate_object(obj, context, proof.policy, old)
+            assert not (changed.changes or changed.audited or changed.warnings), obj
+    assert proof.checked["workloads"] >= len(workloads) * 0.9
