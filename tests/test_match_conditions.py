@@ -24,23 +24,30 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from devtools.webhook_match import Decision, Matcher
+from devtools.webhook_match import Decision, Matcher, compile_errors, decide
 from devtools.webhook_match import request as admission_request
 from policies.decisions import ClusterFacts, PodContext
-from policies.loader import parse_policy_text
+from policies.loader import default_policy, parse_policy_text
 from policies.model import Mode, Policy
 from policies.mutate import mutate_pod
 from policies.objects import mutate_object, validate_object
+from policies.relevance import Relevance, missing_coverage, relevance_of
 from policies.validate import validate_pod
 from tests import relevance_strategies as gen
-from webhook.registration import MUTATING_WEBHOOK, VALIDATING_WEBHOOK, Endpoint, render
+from webhook.registration import (
+    MUTATING_WEBHOOK,
+    VALIDATING_WEBHOOK,
+    Endpoint,
+    render,
+    render_relevance,
+)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("go") is None, reason="needs Go to build the API server's evaluator"
@@ -286,3 +293,207 @@ def test_skipped_workload_reviews_need_nothing(
             changed = mutate_object(obj, context, proof.policy, old)
             assert not (changed.changes or changed.audited or changed.warnings), obj
     assert proof.checked["workloads"] >= len(workloads) * 0.9
+
+
+# -- every expression compiles and is total ---------------------------------------------------
+
+
+def test_every_condition_compiles_as_the_api_server_compiles_it() -> None:
+    for name, text in POLICIES.items():
+        registrations = render(parse_policy_text(text), Endpoint(url="https://127.0.0.1:9/"))
+        assert compile_errors(registrations) == "", name
+
+
+CUSTOM_KINDS = {
+    "PyTorchJob": ("kubeflow.org", "v1", "pytorchjobs"),
+    "JobSet": ("jobset.x-k8s.io", "v1alpha2", "jobsets"),
+    "TrainJob": ("trainer.kubeflow.org", "v1alpha1", "trainjobs"),
+    "RayJob": ("ray.io", "v1", "rayjobs"),
+    "Job": ("batch.volcano.sh", "v1alpha1", "jobs"),
+}
+_custom_objects = st.tuples(
+    st.sampled_from(sorted(CUSTOM_KINDS)),
+    gen.json_values,
+    gen.json_values,
+    st.sampled_from(("CREATE", "UPDATE")),
+)
+
+
+@pytest.fixture(scope="module")
+def custom_objects() -> list[tuple[str, Any, Any, str]]:
+    return harvest(_custom_objects, CORPUS // 2)
+
+
+def test_conditions_never_fail_on_arbitrary_custom_resources(
+    proof: Proof, custom_objects: list[tuple[str, Any, Any, str]]
+) -> None:
+    """A custom resource may hold anything where a template is expected: every condition
+    still answers true or false (an error would skip the webhook)."""
+    requests = []
+    for kind, spec, old_spec, operation in custom_objects:
+        group, version, resource = CUSTOM_KINDS[kind]
+        api_version = f"{group}/{version}"
+        obj = {"apiVersion": api_version, "kind": kind, "metadata": {"name": "x"}, "spec": spec}
+        old = {**obj, "spec": old_spec} if operation == "UPDATE" else None
+        for body in (obj, {"apiVersion": api_version, "kind": kind, "metadata": spec}):
+            requests.append(
+                admission_request(
+                    body,
+                    group=group,
+                    version=version,
+                    kind=kind,
+                    resource=resource,
+                    old=old,
+                    operation=operation,
+                    namespace=NAMESPACE,
+                )
+            )
+    for decision in proof.decide(requests):
+        assert not decision.decode_error
+        _no_errors(decision)
+        proof.count("custom resources")
+    assert proof.checked["custom resources"] == len(requests)
+
+
+# -- what the conditions skip, by example -------------------------------------------------------
+
+
+def _pod(labels: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "labels": labels or {}},
+        "spec": {"containers": [{"name": "c", "image": "i"}], **spec},
+    }
+
+
+FAULT_TOLERANT = {"spotguard.dev/fault-tolerant": "true"}
+SPOT_TOLERATION = [
+    {
+        "key": "kubernetes.azure.com/scalesetpriority",
+        "operator": "Equal",
+        "value": "spot",
+        "effect": "NoSchedule",
+    }
+]
+
+
+def _calls(relevance: Relevance, *requests: dict[str, Any]) -> list[tuple[bool, bool]]:
+    registrations = render_relevance(relevance, Endpoint(url="https://127.0.0.1:9/"))
+    decisions = decide(registrations, list(requests))
+    for decision in decisions:
+        _no_errors(decision)
+    return [(d.called(MUTATING_WEBHOOK), d.called(VALIDATING_WEBHOOK)) for d in decisions]
+
+
+def test_tainted_spot_only_ordinary_pods_cost_no_call() -> None:
+    """Every spot node tainted (AKS) and a keep-off-spot rule that only neutralises pods
+    that can reach spot: an ordinary pod is sent to neither webhook."""
+    aks = replace(
+        relevance_of(parse_policy_text("spotNodes: {presets: [aks]}")), mutate_others="tolerating"
+    )
+    ordinary = _pod(nodeSelector={"zone": "a"})
+    assert _calls(
+        aks,
+        admission_request(ordinary),
+        admission_request(_pod(FAULT_TOLERANT)),
+        admission_request(_pod(tolerations=SPOT_TOLERATION)),
+        admission_request(_pod(nodeName="spot-1")),
+        admission_request(_pod(nodeSelector={"kubernetes.azure.com/scalesetpriority": "spot"})),
+        admission_request(_pod(tolerations=[{"operator": "Exists"}])),
+    ) == [
+        (False, False),  # ordinary: no call at all
+        (True, False),  # fault-tolerant: mutated, nothing to validate
+        (True, True),  # tolerates spot: neutralised and denied
+        (False, True),  # names a node: checked against it
+        (False, True),  # selects spot: denied
+        (True, True),  # tolerates every taint
+    ]
+
+
+def test_untainted_spot_ordinary_pods_cost_one_call() -> None:
+    eks = relevance_of(parse_policy_text("spotNodes: {presets: [eks, karpenter]}"))
+    calls = _calls(
+        eks,
+        admission_request(_pod()),
+        admission_request(_pod(FAULT_TOLERANT, terminationGracePeriodSeconds=30)),
+        admission_request(_pod(FAULT_TOLERANT, terminationGracePeriodSeconds=300)),
+        admission_request(_pod(nodeSelector={"eks.amazonaws.com/capacityType": "ON_DEMAND"})),
+        admission_request(_pod(nodeSelector={"eks.amazonaws.com/capacityType": "SPOT"})),
+    )
+    assert calls == [(True, False), (True, False), (True, True), (True, False), (True, True)]
+
+
+def test_bindings_by_the_default_scheduler_are_skipped_others_are_sent() -> None:
+    binding = {
+        "apiVersion": "v1",
+        "kind": "Binding",
+        "metadata": {"name": "p"},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": "spot-1"},
+    }
+    relevance = relevance_of(default_policy())
+
+    def bind(
+        username: str, sub_resource: str = "binding", resource: str = "pods"
+    ) -> dict[str, Any]:
+        return admission_request(
+            binding, kind="Binding", resource=resource, sub_resource=sub_resource, username=username
+        )
+
+    calls = _calls(
+        relevance,
+        bind("system:kube-scheduler"),
+        bind("system:serviceaccount:batch:custom-scheduler"),
+        bind("alice"),
+        bind(""),
+        bind("system:kube-scheduler", sub_resource="", resource="bindings"),
+        bind("alice", sub_resource="", resource="bindings"),
+    )
+    assert [validate for _, validate in calls] == [False, True, True, True, False, True]
+    everyone = replace(relevance, trusted_schedulers=())
+    assert _calls(everyone, bind("system:kube-scheduler")) == [(False, True)]
+
+
+def test_namespaces_excluded_or_labelled_ignore_true_are_skipped() -> None:
+    relevance = relevance_of(default_policy())
+    pod = _pod(tolerations=SPOT_TOLERATION)
+    calls = _calls(
+        relevance,
+        admission_request(pod, namespace="kube-system"),
+        admission_request(pod, namespace="team", namespace_labels={"spotguard.dev/ignore": "true"}),
+        admission_request(
+            pod, namespace="team", namespace_labels={"spotguard.dev/ignore": "false"}
+        ),
+    )
+    assert calls == [(False, False), (False, False), (True, True)]
+
+
+# -- a broader registration sends a superset ---------------------------------------------------
+
+
+def test_a_registration_that_covers_a_policy_sends_everything_the_policy_needs(
+    pods: list[dict[str, Any]], updates: list[tuple[dict[str, Any], dict[str, Any]]]
+) -> None:
+    """The coverage order is sound: for policies the base registration covers (by
+    missing_coverage), every review their own registration sends, the base sends too."""
+    base = relevance_of(default_policy())
+    requests = [admission_request(p, namespace=NAMESPACE) for p in pods] + [
+        admission_request(new, old=old, operation="UPDATE", namespace=NAMESPACE)
+        for old, new in updates
+    ]
+    broad = decide(render_relevance(base, Endpoint(url="https://127.0.0.1:9/")), requests)
+    for name in ("audit", "eks", "aks"):
+        narrow_relevance = relevance_of(parse_policy_text(POLICIES[name]))
+        if name == "aks":  # the narrowest shape the placement model allows
+            narrow_relevance = replace(narrow_relevance, mutate_others="tolerating")
+        assert missing_coverage(base, narrow_relevance) == [], name
+        narrow = decide(
+            render_relevance(narrow_relevance, Endpoint(url="https://127.0.0.1:9/")), requests
+        )
+        for wide, tight in zip(broad, narrow, strict=True):
+            for webhook in (MUTATING_WEBHOOK, VALIDATING_WEBHOOK):
+                assert wide.called(webhook) or not tight.called(webhook), (
+                    name,
+                    webhook,
+                    tight.object,
+                )

@@ -8,6 +8,7 @@ line and exit non-zero; only bugs print a traceback.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
@@ -33,6 +34,7 @@ from webhook.logs import configure
 from webhook.metrics import MULTIPROC_ENV
 from webhook.policy_sources import ConfigMapPolicySource, FilePolicySource
 from webhook.policy_store import PolicyState, PolicyStore
+from webhook.registration import Endpoint, registration_header, render
 from webhook.server import PolicySource, ServerOptions, WebhookServer
 
 EXIT_OK, EXIT_DENIED, EXIT_ERROR = 0, 1, 2
@@ -120,6 +122,40 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
         f"{len(policy.spot_labels)} spot labels, {len(policy.spot_taints)} spot taints, "
         f"notice window {policy.notice_seconds}s"
     )
+    return EXIT_OK
+
+
+def _policy_document_text(path: Path) -> str:
+    """A policy document, or the one inside a policy ConfigMap manifest (key policy.yaml)."""
+    text = _read(path)
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text  # parse_policy_text names the problem
+    if isinstance(document, dict) and document.get("kind") == "ConfigMap":
+        data = document.get("data") or {}
+        if not isinstance(data.get("policy.yaml"), str):
+            raise CLIError(f"{path}: the ConfigMap has no data key policy.yaml")
+        return str(data["policy.yaml"])
+    return text
+
+
+def cmd_policy_webhooks(args: argparse.Namespace) -> int:
+    policy = (
+        parse_policy_text(_policy_document_text(args.policy)) if args.policy else default_policy()
+    )
+    ca_bundle = None
+    if args.ca_bundle:
+        try:
+            ca_bundle = base64.b64encode(args.ca_bundle.read_bytes()).decode()
+        except OSError as error:
+            raise CLIError(f"cannot read {args.ca_bundle}: {error.strerror}") from None
+    endpoint = Endpoint(
+        service=args.service, namespace=args.namespace, url=args.url, ca_bundle=ca_bundle
+    )
+    documents = render(policy, endpoint, conditions=not args.no_conditions)
+    print(registration_header(policy), end="")
+    print(yaml.safe_dump_all(documents, sort_keys=False, width=1_000_000), end="")
     return EXIT_OK
 
 
@@ -420,6 +456,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", type=Path, help="policy document (YAML; - for stdin)")
     check.set_defaults(handler=cmd_policy_check)
+    webhooks = policy_commands.add_parser(
+        "webhooks",
+        help="print the webhook registrations for a policy (kubectl apply -f -)",
+        description="Print the MutatingWebhookConfiguration and ValidatingWebhookConfiguration "
+        "for a policy: rules for every kind it reviews, and match conditions so the API server "
+        "calls spotguard only for reviews that can change or deny something under it. Apply "
+        "the output whenever the policy's spot nodes, fault-tolerant selector, rules or "
+        "workload kinds change; the server refuses a policy revision the live registration "
+        "does not cover.",
+    )
+    webhooks.add_argument(
+        "--policy",
+        type=Path,
+        help="policy document, or the policy ConfigMap manifest (- for stdin); "
+        "default: the built-in policy",
+    )
+    webhooks.add_argument("--service", default="spotguard", help="(default %(default)s)")
+    webhooks.add_argument(
+        "--namespace",
+        default="spotguard-system",
+        help="the Service's namespace (default %(default)s)",
+    )
+    webhooks.add_argument("--url", help="call this URL instead of the Service (local runs)")
+    webhooks.add_argument(
+        "--ca-bundle",
+        type=Path,
+        help="PEM file to set as caBundle (default: none, as "
+        "`spotguard certs ensure` or cert-manager fill it in)",
+    )
+    webhooks.add_argument(
+        "--no-conditions",
+        action="store_true",
+        help="leave out the match conditions: every review the rules match is sent",
+    )
+    webhooks.set_defaults(handler=cmd_policy_webhooks)
 
     _add_certs_commands(commands)
     return parser

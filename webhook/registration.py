@@ -159,6 +159,15 @@ def render_relevance(
     ]
 
 
+def registration_header(policy: Policy) -> str:
+    """The comment ``spotguard policy webhooks`` puts above the configurations."""
+    return (
+        f"# spotguard's webhook registrations for policy revision {policy.revision}, rendered by\n"
+        "# `spotguard policy webhooks`; render them again rather than editing them (the\n"
+        f"# server checks them against its policy through the {RELEVANCE_ANNOTATION} annotation).\n"
+    )
+
+
 def render(
     policy: Policy, endpoint: Endpoint = Endpoint(), *, conditions: bool = True
 ) -> list[JSONObject]:
