@@ -30,6 +30,7 @@ class Metrics:
     violations: Any
     policy_reloads: Any
     policy_stale: Any
+    registration_covers: Any
     certificate_expiry: Any
     registry: Any
 
@@ -76,6 +77,13 @@ class Metrics:
                 "spotguard_policy_stale",
                 "1 while the newest policy revision was refused and an older one is in force.",
                 multiprocess_mode="max",
+                **kwargs,
+            ),
+            registration_covers=Gauge(
+                "spotguard_registration_covers_policy",
+                "1 while the live webhook registration sends every review the policy in force "
+                "needs, 0 while it does not (not exported without cluster access).",
+                multiprocess_mode="min",
                 **kwargs,
             ),
             certificate_expiry=Gauge(

@@ -41,6 +41,7 @@ from devtools.server import REPO, free_port
 from policies.loader import default_document, parse_policy_text
 from policies.model import Mode
 from policies.presets import PRESETS
+from webhook.registration import render as render_registrations
 
 pytestmark = pytest.mark.e2e
 
@@ -85,6 +86,12 @@ EXPECTED_RULES: dict[tuple[str, str], list[Manifest]] = {
             "apiGroups": [""],
             "resources": ["pods", "persistentvolumeclaims", "persistentvolumes"],
             "verbs": ["get"],
+        },
+        {
+            "apiGroups": ["admissionregistration.k8s.io"],
+            "resources": ["mutatingwebhookconfigurations", "validatingwebhookconfigurations"],
+            "resourceNames": ["spotguard"],
+            "verbs": ["get", "list", "watch"],
         },
     ],
     ("Role", "spotguard-certs"): [
@@ -416,8 +423,16 @@ def test_policy_overlays_change_only_the_policy(
     usable = default_document()["spotNodes"]["usableNoticeSeconds"]
     assert policy.notice_seconds == min(usable[PRESETS[name].provider] for name in presets)
     changed = {key for key, value in keyed(documents).items() if keyed(base).get(key) != value}
-    assert changed == {("ConfigMap", "spotguard-policy")}
+    registrations = {
+        ("MutatingWebhookConfiguration", "spotguard"),
+        ("ValidatingWebhookConfiguration", "spotguard"),
+    }
+    assert changed - registrations == {("ConfigMap", "spotguard-policy")}
     assert len(documents) == len(base)
+    # The registrations are those rendered for the overlay's own policy.
+    rendered = keyed(render_registrations(policy))
+    for key in registrations:
+        assert keyed(documents)[key] == rendered[key], key
 
 
 def test_cert_manager_overlay_replaces_the_cert_job(
@@ -678,6 +693,8 @@ def set_policy(live: Live, text: str) -> None:
 def test_server_identity_can_watch_its_policy_and_record_events(live: Live, served: Served) -> None:
     state = served.wait_for_state("policyRevision", timeout=30)
     assert state["policyRevision"] == parse_policy_text(policy_of(live.documents)).revision
+    # It reads its own webhook registration, and finds that it sends what the policy needs.
+    assert served.wait_for_state("registrationCoversPolicy")["registrationProblems"] == []
 
     # A new revision arrives through the watch (list + watch with the name field selector).
     audit = "apiVersion: spotguard.dev/v1alpha1\nkind: SpotPolicy\nmode: audit\n"
@@ -701,7 +718,11 @@ def test_server_identity_is_refused_everything_else(live: Live) -> None:
     assert live.can(SERVER_SA, "list", "nodes", namespace="default")
     assert live.can(SERVER_SA, "get", "pods/some-pod", namespace="default")
     assert live.can(SERVER_SA, "watch", "configmaps/spotguard-policy")
+    assert live.can(SERVER_SA, "watch", "validatingwebhookconfigurations/spotguard")
     for verb, resource in [
+        ("list", "mutatingwebhookconfigurations"),  # without the field selector
+        ("get", "validatingwebhookconfigurations/someone-elses"),
+        ("patch", "mutatingwebhookconfigurations/spotguard"),
         ("list", "configmaps"),  # without the metadata.name field selector
         ("get", "configmaps/other"),
         ("update", "configmaps/spotguard-policy"),
