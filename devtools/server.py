@@ -112,7 +112,7 @@ def start_server(
             try:
                 if session.get(server.url + "/readyz", timeout=1).status_code == 200:
                     return server
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # still starting (a busy host)
                 time.sleep(0.1)
     server.stop()
     raise RuntimeError(f"webhook not ready in {ready_timeout:.0f} s; log {log_file}")

@@ -15,7 +15,7 @@ order: a registration built from a *larger* relevance sends a superset of the re
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from policies.model import LabelSelector, Mode, Policy, Rule
@@ -135,7 +135,7 @@ class Relevance:
         try:
             data = json.loads(text)
             return _relevance_from_data(data)
-        except (TypeError, KeyError, AttributeError) as error:
+        except (TypeError, KeyError, AttributeError, ValueError) as error:
             raise ValueError(f"not a spotguard relevance record: {error}") from None
 
 
@@ -298,6 +298,30 @@ def _kinds(policy: Policy) -> tuple[KindScope, ...]:
 
 
 # -- coverage ------------------------------------------------------------------------------
+
+
+def for_webhook(relevance: Relevance, webhook: str) -> Relevance:
+    """The part of ``relevance`` one webhook's conditions test (``mutate`` or ``validate``):
+    each configuration is rendered, applied and so checked on its own."""
+    if webhook == "mutate":
+        return replace(
+            relevance,
+            spot_taint_keys=relevance.spot_taint_keys
+            if relevance.mutate_others == "tolerating"
+            else (),
+            spot_labels=(),
+            check_others=False,
+            poor=PoorScope(),
+            grace_above_seconds=None,
+            steering_annotations=False,
+            node_name=False,
+            bindings=False,
+            trusted_schedulers=(),
+            kinds=relevance.kinds if relevance.mutate_templates else (),
+        )
+    return replace(
+        relevance, mutate_fault_tolerant=False, mutate_others="none", mutate_templates=False
+    )
 
 
 def missing_coverage(live: Relevance, needed: Relevance) -> list[str]:

@@ -169,17 +169,18 @@ def test_the_base_registration_covers_every_overlay() -> None:
 def test_a_narrower_registration_does_not_cover_and_says_what_is_missing() -> None:
     aks = _live(render(parse_policy_text("spotNodes: {presets: [aks]}")))
     problems = coverage_problems(*aks, default_policy())
-    assert any(p.startswith("spot taint keys: also") and "spot" in p for p in problems)
-    assert any(p.startswith("spot labels: also") for p in problems)
+    assert any(p.startswith("validating: spot taint keys: also") for p in problems)
+    assert any(p.startswith("validating: spot labels: also") for p in problems)
     selector = parse_policy_text("faultTolerant: {matchLabels: {team: ml}}")
     assert coverage_problems(*_live(render(default_policy())), selector) == [
-        "faultTolerant selector (and operator presets): differ"
+        "mutating: faultTolerant selector (and operator presets): differ",
+        "validating: faultTolerant selector (and operator presets): differ",
     ]
     kinds = parse_policy_text(
         "workloads: {extraKinds: [{group: example.com, kind: TrainingRun,"
         " templatePaths: [spec.worker.template]}]}"
     )
-    assert "kind TrainingRun.example.com: not sent" in coverage_problems(
+    assert "validating: kind TrainingRun.example.com: not sent" in coverage_problems(
         *_live(render(default_policy())), kinds
     )
 
@@ -188,16 +189,20 @@ def test_an_edited_or_unreadable_registration_is_not_trusted() -> None:
     mutating, validating = _live(render(default_policy()))
     edited = copy.deepcopy(validating)
     edited["webhooks"][0]["matchConditions"][0]["expression"] = "false"
-    assert (
-        "edited after it was rendered" in coverage_problems(mutating, edited, default_policy())[0]
-    )
+    assert coverage_problems(mutating, edited, default_policy()) == [
+        "validating: edited after it was rendered: render it again (spotguard policy webhooks)"
+    ]
     unreadable = copy.deepcopy(mutating)
     unreadable["metadata"]["annotations"][RELEVANCE_ANNOTATION] = "{"
-    assert coverage_problems(unreadable, validating, default_policy()) == [
-        "the webhook configurations do not record one relevance: render them again"
+    (problem,) = coverage_problems(unreadable, validating, default_policy())
+    assert problem.startswith("mutating: spotguard.dev/relevance: not a spotguard relevance")
+    unrecorded = copy.deepcopy(mutating)
+    del unrecorded["metadata"]["annotations"]
+    assert coverage_problems(unrecorded, validating, default_policy()) == [
+        "mutating: has match conditions but no record of what they test: render it again"
     ]
     assert coverage_problems(None, validating, default_policy()) == [
-        "no mutating webhook configuration spotguard"
+        "mutating: no webhook configuration spotguard"
     ]
 
 
@@ -207,7 +212,11 @@ def test_an_unconditioned_registration_covers_when_its_rules_do() -> None:
     mutating, validating = plain
     validating["webhooks"][0]["rules"] = validating["webhooks"][0]["rules"][:1]
     problems = coverage_problems(mutating, validating, default_policy())
-    assert any("no rule for" in p and "pods/binding" in p for p in problems)
+    assert any(
+        p.startswith("validating: webhook validate.spotguard.dev: no rule for")
+        and "pods/binding" in p
+        for p in problems
+    )
 
 
 def test_nothing_is_needed_in_mode_off() -> None:

@@ -62,7 +62,8 @@ def test_a_revision_the_registration_does_not_cover_is_refused_until_it_does() -
     state = store.snapshot()
     assert state.policy is not None and state.policy.revision == _revision(AKS)
     assert state.stale and state.error is not None
-    assert "webhook registration: spot labels: also ('pool', 'cheap')" in state.error.problems
+    expected = "webhook registration: validating: spot labels: also ('pool', 'cheap')"
+    assert expected in state.error.problems
 
     _register(watch, CUSTOM)  # the registration rendered for it is applied
     state = store.snapshot()

@@ -22,7 +22,7 @@ from typing import Any
 
 from policies.conditions import mutating_conditions, validating_conditions, webhook_rules_for
 from policies.model import Policy
-from policies.relevance import Relevance, missing_coverage, relevance_of
+from policies.relevance import Relevance, for_webhook, missing_coverage, relevance_of
 
 CONFIGURATION_NAME = "spotguard"
 MUTATING_WEBHOOK = "mutate.spotguard.dev"
@@ -195,74 +195,73 @@ def coverage_problems(
 ) -> list[str]:
     """Why the live configurations may not send every review ``policy`` needs; [] if they do.
 
-    A configuration without match conditions and object selector sends everything its
-    rules and namespace selector match. One with conditions is trusted to send what the
-    relevance in its annotation needs, once rendering that relevance gives its webhooks.
+    Each configuration is judged on its own, for its own webhook (they are separate objects,
+    applied one after the other). One without match conditions and object selector sends
+    everything its rules and namespace selector match. One with conditions is trusted to
+    send what the relevance in its annotation needs, once rendering that relevance gives
+    its webhooks (so a hand-edited registration is not trusted).
     """
     needed = relevance_of(policy)
-    if not needed.anything:
-        return []
-    if mutating is None or validating is None:
-        missing = [
-            kind for kind, c in (("mutating", mutating), ("validating", validating)) if not c
-        ]
-        return [f"no {' or '.join(missing)} webhook configuration {CONFIGURATION_NAME}"]
-    live = _live_relevance(mutating, validating)
-    if isinstance(live, str):
-        return [live]
-    if live is None:  # unconditioned: compare with the unconditioned rendering
-        expected = render_relevance(needed, conditions=False)
-        return _unconditioned_gaps(mutating, validating, expected)
-    rendered = render_relevance(live)
-    for found, wanted in ((mutating, rendered[0]), (validating, rendered[1])):
-        if _decided(found.get("webhooks")) != _decided(wanted["webhooks"]):
-            return [
-                f"{found.get('kind')} {CONFIGURATION_NAME} was edited after it was rendered: "
-                "render it again (spotguard policy webhooks)"
-            ]
-    return missing_coverage(live, needed)
+    problems: list[str] = []
+    for index, (webhook, config) in enumerate((("mutate", mutating), ("validate", validating))):
+        part = for_webhook(needed, webhook)
+        if not part.anything:
+            continue
+        prefix = ("mutating", "validating")[index] + ": "
+        if config is None:
+            problems.append(f"{prefix}no webhook configuration {CONFIGURATION_NAME}")
+            continue
+        live = _live_relevance(config)
+        if isinstance(live, str):
+            problems.append(prefix + live)
+        elif live is None:  # unconditioned: compare with the unconditioned rendering
+            expected = render_relevance(part, conditions=False)[index]
+            problems += [prefix + gap for gap in _unconditioned_gaps(config, expected)]
+        elif _decided(config.get("webhooks")) != _decided(
+            render_relevance(live)[index]["webhooks"]
+        ):
+            problems.append(
+                f"{prefix}edited after it was rendered: render it again (spotguard policy webhooks)"
+            )
+        else:
+            problems += [prefix + gap for gap in missing_coverage(live, part)]
+    return problems
 
 
-def _live_relevance(
-    mutating: Mapping[str, Any], validating: Mapping[str, Any]
-) -> Relevance | str | None:
-    """The relevance both configurations were rendered from; None if they have no
-    conditions at all; a problem (str) if they disagree or cannot be read."""
-    records = []
-    for config in (mutating, validating):
-        annotations = (config.get("metadata") or {}).get("annotations") or {}
-        records.append(annotations.get(RELEVANCE_ANNOTATION))
+def _live_relevance(config: Mapping[str, Any]) -> Relevance | str | None:
+    """The relevance a configuration was rendered from; None if it has no conditions at
+    all; a problem (str) if its record cannot be read."""
+    record = ((config.get("metadata") or {}).get("annotations") or {}).get(RELEVANCE_ANNOTATION)
     conditioned = any(
         w.get("matchConditions") or w.get("objectSelector")
-        for config in (mutating, validating)
         for w in (config.get("webhooks") or [])
         if isinstance(w, Mapping) and w.get("name") != POLICY_WEBHOOK
     )
-    if not conditioned and not any(records):
-        return None
-    if records[0] != records[1] or not isinstance(records[0], str):
-        return "the webhook configurations do not record one relevance: render them again"
+    if record is None:
+        return (
+            "has match conditions but no record of what they test: render it again"
+            if (conditioned)
+            else None
+        )
     try:
-        return Relevance.from_json(records[0])
+        return Relevance.from_json(str(record))
     except ValueError as error:
         return f"{RELEVANCE_ANNOTATION}: {error}"
 
 
-def _unconditioned_gaps(
-    mutating: Mapping[str, Any], validating: Mapping[str, Any], expected: list[JSONObject]
-) -> list[str]:
+def _unconditioned_gaps(found: Mapping[str, Any], wanted: JSONObject) -> list[str]:
+    """What a configuration without conditions misses: webhooks, rules, namespaces."""
     gaps: list[str] = []
-    for found, wanted in ((mutating, expected[0]), (validating, expected[1])):
-        have = _decided(found.get("webhooks"))
-        for name, fields in _decided(wanted["webhooks"]).items():
-            if name not in have:
-                gaps.append(f"webhook {name}: missing")
-                continue
-            for rule in fields.get("rules", []):
-                if not any(_rule_covers(r, rule) for r in have[name].get("rules", [])):
-                    gaps.append(f"webhook {name}: no rule for {json.dumps(rule, sort_keys=True)}")
-            if have[name].get("namespaceSelector") != fields.get("namespaceSelector"):
-                gaps.append(f"webhook {name}: namespaceSelector differs")
+    have = _decided(found.get("webhooks"))
+    for name, fields in _decided(wanted["webhooks"]).items():
+        if name not in have:
+            gaps.append(f"webhook {name}: missing")
+            continue
+        for rule in fields.get("rules", []):
+            if not any(_rule_covers(r, rule) for r in have[name].get("rules", [])):
+                gaps.append(f"webhook {name}: no rule for {json.dumps(rule, sort_keys=True)}")
+        if have[name].get("namespaceSelector") != fields.get("namespaceSelector"):
+            gaps.append(f"webhook {name}: namespaceSelector differs")
     return gaps
 
 
