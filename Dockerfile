@@ -1,5 +1,19 @@
 # syntax=docker/dockerfile:1
-# spotguard's image: `docker build -t spotguard:dev .`
+# spotguard's image, tagged with spotguard's version (the tag the manifests and the Helm
+# chart use; `spotguard --version` prints it):
+#
+#   docker build -t spotguard:0.1.0 .
+#
+# For several architectures at once (amd64 and arm64 nodes: Graviton, Ampere), with
+# docker buildx and a registry to push to:
+#
+#   docker buildx create --name spotguard --use        # once: a builder for other platforms
+#   docker buildx build --platform linux/amd64,linux/arm64 \
+#       -t <registry>/spotguard:0.1.0 --push .
+#
+# Nothing here is tied to one architecture: the base image is published for both, and the
+# build stage runs on the target platform (emulated with QEMU where the host differs), so
+# the wheels it builds, and any compiled dependency, match the runtime stage.
 #
 # Two stages. The build stage turns spotguard and its dependencies into wheels (pip,
 # setuptools and any compiler a dependency might need stay there). The runtime stage

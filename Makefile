@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint unit e2e controlplane bench clean
+.PHONY: setup demo demo-helm test lint unit e2e controlplane tools bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,15 +17,21 @@ setup: $(STAMP)  ## create .venv and install spotguard with its dev tools
 controlplane: setup  ## build kube-apiserver, etcd, ... from Go modules (cached)
 	$(BIN)/python -m controlplane.build
 
+tools: setup  ## build helm and promtool from Go modules (cached)
+	$(BIN)/python -m tools.build
+
 demo: controlplane  ## local demo: a real control plane, the webhook, the examples
 	$(BIN)/python -m devtools.demo
+
+demo-helm: controlplane tools  ## helm install (audit), upgrade (enforce) and uninstall on a local control plane
+	$(BIN)/python -m devtools.demo_helm
 
 lint: setup  ## ruff and mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint controlplane  ## everything CI runs: lint, unit, HTTP/TLS and end-to-end tests
+test: lint controlplane tools  ## everything CI runs: lint, unit, HTTP/TLS and end-to-end tests
 	$(BIN)/pytest
 
 bench: setup  ## webhook throughput and latency over real gunicorn and TLS

@@ -34,17 +34,24 @@ def _encode(data: dict[str, bytes]) -> dict[str, str]:
     return {key: base64.b64encode(value).decode() for key, value in data.items()}
 
 
-def read_bundle(core: Any, target: Target) -> tuple[CertBundle | None, str | None]:
-    """(bundle, the Secret's resourceVersion or None when it does not exist)."""
+#: The type of a Secret this command creates. An existing Secret keeps its own (a type
+#: cannot change): the Helm chart creates spotguard-tls empty, as Opaque, so that
+#: `helm uninstall` removes it.
+SECRET_TYPE = "kubernetes.io/tls"
+
+
+def read_bundle(core: Any, target: Target) -> tuple[CertBundle | None, str | None, str]:
+    """(bundle, the Secret's resourceVersion or None when it does not exist, its type)."""
     from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
 
     try:
         secret = core.read_namespaced_secret(target.secret, target.namespace)
     except ApiException as error:
         if error.status == 404:
-            return None, None
+            return None, None, SECRET_TYPE
         raise
-    return CertBundle.from_secret_data(_decode(secret.data)), secret.metadata.resource_version
+    bundle = CertBundle.from_secret_data(_decode(secret.data))
+    return bundle, secret.metadata.resource_version, secret.type or SECRET_TYPE
 
 
 def patch_ca_bundles(admission: Any, name: str, bundle_pem: bytes) -> list[str]:
@@ -80,7 +87,7 @@ def ensure(
     rotate_ca: bool = False,
 ) -> list[str]:
     """Create, renew or rotate as needed; idempotent. Returns what was done."""
-    current, version = read_bundle(core, target)
+    current, version, secret_type = read_bundle(core, target)
     bundle, actions = plan(current, wanted, rotate_serving=rotate_serving, rotate_ca=rotate_ca)
     for changed in patch_ca_bundles(admission, target.webhook_config, bundle.bundle_pem):
         actions.append(f"patched caBundle of {changed}")
@@ -88,7 +95,7 @@ def ensure(
         body = {
             "apiVersion": "v1",
             "kind": "Secret",
-            "type": "kubernetes.io/tls",
+            "type": secret_type,
             "metadata": {
                 "name": target.secret,
                 "namespace": target.namespace,

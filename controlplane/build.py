@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +111,8 @@ def version_ldflags(version: str) -> list[str]:
     return flags
 
 
-def _go() -> str:
+def go_command() -> str:
+    """The ``go`` executable on PATH, or a one-line :class:`BuildError`."""
     go = shutil.which("go")
     if go is None:
         raise BuildError(
@@ -121,11 +122,11 @@ def _go() -> str:
     return go
 
 
-def go_version(go: str) -> str:
-    """The version of the Go toolchain that builds this module (honours GOTOOLCHAIN)."""
+def go_version(go: str, module_dir: Path = MODULE_DIR) -> str:
+    """The version of the Go toolchain that builds ``module_dir`` (honours GOTOOLCHAIN)."""
     result = subprocess.run(
         [go, "env", "GOVERSION"],
-        cwd=MODULE_DIR,
+        cwd=module_dir,
         capture_output=True,
         text=True,
         check=False,
@@ -147,16 +148,16 @@ def build_key(go_ver: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _log(out: TextIO, start: float, message: str) -> None:
+def _log(out: TextIO, start: float, message: str, label: str = "controlplane") -> None:
     print(
-        f"[controlplane build {time.monotonic() - start:6.1f}s] {message}",
+        f"[{label} build {time.monotonic() - start:6.1f}s] {message}",
         file=out,
         flush=True,
     )
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def build_lock(path: Path) -> Iterator[None]:
     """Serialise concurrent builds (two pytest sessions, say) on one lock file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
@@ -167,13 +168,33 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _pump(stream: IO[str], out: TextIO, start: float, state: dict[str, object]) -> None:
+@dataclass(frozen=True)
+class GoBuild:
+    """One ``go build`` of several main packages of a Go module into one directory
+    (shared packages compile once). ``label`` names the build in its progress lines."""
+
+    label: str
+    module_dir: Path
+    binaries: tuple[Binary, ...]
+    ldflags: tuple[str, ...] = ()
+    tags: str = ""
+
+    def main_packages(self) -> dict[str, str]:
+        """Import path of each main package -> its binary's name."""
+        text = (self.module_dir / "go.mod").read_text(encoding="utf-8")
+        match = re.search(r"^module\s+(\S+)", text, re.MULTILINE)
+        module = match.group(1) if match else ""
+        return {
+            (f"{module}/{b.package[2:]}" if b.package.startswith("./") else b.package): b.name
+            for b in self.binaries
+        }
+
+
+def _pump(
+    stream: IO[str], out: TextIO, start: float, state: dict[str, object], build: GoBuild
+) -> None:
     """Read ``go build -v`` output: count packages, announce the main packages."""
-    module = "spotguard.dev/controlplane/"
-    mains = {
-        (module + b.package[2:] if b.package.startswith("./") else b.package): b.name
-        for b in BINARIES
-    }
+    mains = build.main_packages()
     tail: list[str] = []
     for raw in stream:
         line = raw.rstrip("\n")
@@ -184,11 +205,8 @@ def _pump(stream: IO[str], out: TextIO, start: float, state: dict[str, object]) 
             state["packages"] = int(str(state.get("packages", 0))) + 1
             state["last"] = name
             if name in mains:
-                _log(
-                    out,
-                    start,
-                    f"compiled the main package of {mains[name]}; linking it",
-                )
+                message = f"compiled the main package of {mains[name]}; linking it"
+                _log(out, start, message, build.label)
         else:
             if name.startswith("go: downloading "):
                 state["downloads"] = int(str(state.get("downloads", 0))) + 1
@@ -197,37 +215,33 @@ def _pump(stream: IO[str], out: TextIO, start: float, state: dict[str, object]) 
     state["tail"] = tail
 
 
-def _heartbeat(out: TextIO, start: float, state: dict[str, object], done: threading.Event) -> None:
+def _heartbeat(
+    out: TextIO, start: float, state: dict[str, object], done: threading.Event, label: str
+) -> None:
     while not done.wait(15.0):
         _log(
             out,
             start,
             f"{state.get('downloads', 0)} modules downloaded, "
             f"{state.get('packages', 0)} packages compiled, last {state.get('last', '-')}",
+            label,
         )
 
 
-def run_go_build(go: str, out_dir: Path, version: str, out: TextIO) -> None:
-    """Build every binary in :data:`BINARIES` into ``out_dir`` with one ``go build``."""
+def go_build(build: GoBuild, go: str, out_dir: Path, out: TextIO, what: str = "") -> None:
+    """Run ``build`` into ``out_dir``, with a progress line every 15 s; the output's tail
+    and a :class:`BuildError` when it fails."""
     start = time.monotonic()
-    ldflags = " ".join(["-s", "-w", *version_ldflags(version)])
-    cmd = [
-        go,
-        "build",
-        "-v",
-        "-trimpath",
-        "-buildvcs=false",
-        "-ldflags",
-        ldflags,
-        "-o",
-        str(out_dir) + os.sep,
-        *[b.package for b in BINARIES],
-    ]
-    names = ", ".join(b.name for b in BINARIES)
-    _log(out, start, f"go build {names} (Kubernetes {version}) into {out_dir}")
+    cmd = [go, "build", "-v", "-trimpath", "-buildvcs=false"]
+    if build.tags:
+        cmd += ["-tags", build.tags]
+    cmd += ["-ldflags", " ".join(build.ldflags), "-o", str(out_dir) + os.sep]
+    cmd += [b.package for b in build.binaries]
+    names = ", ".join(b.name for b in build.binaries)
+    _log(out, start, f"go build {names}{what} into {out_dir}", build.label)
     proc = subprocess.Popen(
         cmd,
-        cwd=MODULE_DIR,
+        cwd=build.module_dir,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -236,10 +250,13 @@ def run_go_build(go: str, out_dir: Path, version: str, out: TextIO) -> None:
         raise BuildError("go build produced no output stream")
     state: dict[str, object] = {}
     done = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(out, start, state, done), daemon=True)
+    beat = threading.Thread(
+        target=_heartbeat, args=(out, start, state, done, build.label), daemon=True
+    )
     beat.start()
     try:
-        _pump(proc.stdout, out, start, state)
+        with proc.stdout:
+            _pump(proc.stdout, out, start, state, build)
         code = proc.wait()
     finally:
         done.set()
@@ -252,7 +269,68 @@ def run_go_build(go: str, out_dir: Path, version: str, out: TextIO) -> None:
             for line in tail:
                 print(line, file=out)
         raise BuildError(f"go build failed with exit code {code} (output above)")
-    _log(out, start, f"done: {state.get('packages', 0)} packages compiled")
+    _log(out, start, f"done: {state.get('packages', 0)} packages compiled", build.label)
+
+
+def run_go_build(go: str, out_dir: Path, version: str, out: TextIO) -> None:
+    """Build every binary in :data:`BINARIES` into ``out_dir`` with one ``go build``."""
+    ldflags = ("-s", "-w", *version_ldflags(version))
+    build = GoBuild("controlplane", MODULE_DIR, BINARIES, ldflags)
+    go_build(build, go, out_dir, out, f" (Kubernetes {version})")
+
+
+def prebuilt(env: str, names: Sequence[str]) -> Path | None:
+    """The directory ``$env`` names, if set, holding every binary in ``names``."""
+    value = os.environ.get(env)
+    if not value:
+        return None
+    bin_dir = Path(value).expanduser().resolve()
+    missing = [name for name in names if not (bin_dir / name).is_file()]
+    if missing:
+        raise BuildError(f"${env}={bin_dir} lacks {', '.join(missing)}")
+    return bin_dir
+
+
+def build_cached(
+    key_dir: Path, build: Callable[[Path], None], stamp: str, *, force: bool = False
+) -> Path:
+    """``key_dir/bin``, made by ``build(staging directory)`` unless a complete build is
+    there already. Concurrent callers wait on a lock and the first one builds; a failed
+    build leaves nothing behind."""
+    bin_dir = key_dir / "bin"
+    if not force and (key_dir / "complete").is_file():
+        return bin_dir
+    with build_lock(key_dir.parent / f"{key_dir.name}.lock"):
+        if not force and (key_dir / "complete").is_file():
+            return bin_dir  # another process built it while we waited
+        staging = key_dir / f"bin.tmp-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        try:
+            build(staging)
+            (key_dir / "complete").unlink(missing_ok=True)
+            shutil.rmtree(bin_dir, ignore_errors=True)
+            staging.rename(bin_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        (key_dir / "complete").write_text(stamp, encoding="utf-8")
+    return bin_dir
+
+
+def build_main(
+    prog: str, description: str, ensure: Callable[..., Path], argv: Sequence[str] | None
+) -> int:
+    """A build command's main: build (or find) the binaries, print their directory."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--force", action="store_true", help="rebuild even if cached")
+    args = parser.parse_args(argv)
+    try:
+        bin_dir = ensure(force=args.force)
+    except BuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(bin_dir)
+    return 0
 
 
 def copy_kwok_stages(go: str, dest: Path) -> None:
@@ -278,37 +356,20 @@ def ensure_binaries(out: TextIO | None = None, force: bool = False) -> Path:
     Progress goes to ``out`` (default: stderr). Raises :class:`BuildError`.
     """
     stream = out if out is not None else sys.stderr
-    prebuilt = os.environ.get(BIN_ENV)
-    if prebuilt:
-        bin_dir = Path(prebuilt).expanduser().resolve()
-        missing = [b.name for b in BINARIES if not (bin_dir / b.name).is_file()]
-        if missing:
-            raise BuildError(f"${BIN_ENV}={bin_dir} lacks {', '.join(missing)}")
-        return bin_dir
-    go = _go()
+    given = prebuilt(BIN_ENV, [b.name for b in BINARIES])
+    if given is not None:
+        return given
+    go = go_command()
     version = kubernetes_version()
     key_dir = cache_root() / "controlplane" / build_key(go_version(go))
-    bin_dir = key_dir / "bin"
-    if not force and (key_dir / "complete").is_file():
-        return bin_dir
-    with _locked(key_dir.parent / f"{key_dir.name}.lock"):
-        if not force and (key_dir / "complete").is_file():
-            return bin_dir  # another process built it while we waited
+
+    def build(staging: Path) -> None:
         start = time.monotonic()
-        staging = key_dir / f"bin.tmp-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        try:
-            run_go_build(go, staging, version, stream)
-            copy_kwok_stages(go, key_dir / "kwok-stages")
-            (key_dir / "complete").unlink(missing_ok=True)
-            shutil.rmtree(bin_dir, ignore_errors=True)
-            staging.rename(bin_dir)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        (key_dir / "complete").write_text(f"{version}\n", encoding="utf-8")
-        _log(stream, start, f"binaries ready in {bin_dir}")
-    return bin_dir
+        run_go_build(go, staging, version, stream)
+        copy_kwok_stages(go, key_dir / "kwok-stages")
+        _log(stream, start, f"binaries ready in {key_dir / 'bin'}")
+
+    return build_cached(key_dir, build, f"{version}\n", force=force)
 
 
 def kwok_stages_dir(bin_dir: Path) -> Path:
@@ -317,21 +378,13 @@ def kwok_stages_dir(bin_dir: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m controlplane.build",
-        description="Build etcd, kube-apiserver, kube-controller-manager, "
-        "kube-scheduler, "
-        "kubectl and kwok from the pinned Go modules; print the bin directory.",
+    return build_main(
+        "python -m controlplane.build",
+        "Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and "
+        "kwok from the pinned Go modules; print the bin directory.",
+        ensure_binaries,
+        argv,
     )
-    parser.add_argument("--force", action="store_true", help="rebuild even if cached")
-    args = parser.parse_args(argv)
-    try:
-        bin_dir = ensure_binaries(force=args.force)
-    except BuildError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(bin_dir)
-    return 0
 
 
 if __name__ == "__main__":

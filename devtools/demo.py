@@ -14,6 +14,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -163,24 +164,31 @@ def demo_steps(cluster: ControlPlane, policy_file: Path, server: RunningServer) 
         say(f"  pod {pod['metadata']['name']:<22} -> {placement(pod)}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m devtools.demo", description=__doc__)
+def demo_main(
+    run_demo: Callable[[Path], None], prog: str, description: str | None, argv: list[str] | None
+) -> int:
+    """A demo's command line: ``run_demo(workdir)`` in --workdir or a temporary directory."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument(
         "--workdir", type=Path, help="keep logs here (default: a temporary directory)"
     )
     args = parser.parse_args(argv)
     started = time.monotonic()
     if args.workdir:
-        run(args.workdir.resolve())
+        run_demo(args.workdir.resolve())
     else:
         with tempfile.TemporaryDirectory(prefix="spotguard-demo-") as tmp:
-            run(Path(tmp))
+            run_demo(Path(tmp))
         say(
             "(the logs above were removed with the demo's temporary directory; keep them with "
             "--workdir DIR)"
         )
     say(f"\ndemo finished in {time.monotonic() - started:.1f} s; everything it started is stopped")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return demo_main(run, "python -m devtools.demo", __doc__, argv)
 
 
 if __name__ == "__main__":

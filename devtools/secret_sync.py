@@ -12,16 +12,31 @@ import json
 import os
 import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 from controlplane.harness import ControlPlane
 
+#: Secret key -> file name, for a Secret volume without ``items``: the serving pair and the
+#: CA bundle (tests trust the bundle).
+DEFAULT_FILES = {"tls.key": "tls.key", "tls.crt": "tls.crt", "ca-bundle.crt": "ca-bundle.crt"}
+
 
 class SecretSync:
-    def __init__(self, cluster: ControlPlane, namespace: str, name: str, directory: Path) -> None:
+    def __init__(
+        self,
+        cluster: ControlPlane,
+        namespace: str,
+        name: str,
+        directory: Path,
+        files: Mapping[str, str] | None = None,
+    ) -> None:
+        """``files``: Secret key -> file name, as a volume's ``items`` say (default
+        :data:`DEFAULT_FILES`); keys the Secret lacks are skipped."""
         self._cluster = cluster
         self._path = f"/api/v1/namespaces/{namespace}/secrets/{name}"
         self._directory = directory
+        self._files = dict(files if files is not None else DEFAULT_FILES)
         self._stop = threading.Event()
         self._version: str | None = None
         self._thread = threading.Thread(target=self._run, name="secret-sync", daemon=True)
@@ -35,9 +50,9 @@ class SecretSync:
         data = secret.get("data") or {}
         if "tls.crt" not in data or "tls.key" not in data:
             return False
-        for name in ("tls.key", "tls.crt", "ca-bundle.crt"):
-            if name in data:
-                self._write(name, base64.b64decode(data[name]))
+        for key, name in sorted(self._files.items(), key=lambda item: item[0] != "tls.key"):
+            if key in data:  # the key first: a new certificate must never meet an old key
+                self._write(name, base64.b64decode(data[key]))
         self._version = secret["metadata"]["resourceVersion"]
         return True
 

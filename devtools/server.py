@@ -67,15 +67,19 @@ class RunningServer:
         raise TimeoutError(f"policy revision {revision} not in force after {timeout:.0f} s")
 
     def stop(self, timeout: float = 40.0) -> None:
-        """SIGTERM (the graceful path), then SIGKILL to the whole process group: a killed
-        master must not leave workers behind still answering the API server."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_process_group(self.process, timeout)
+
+
+def stop_process_group(process: subprocess.Popen[bytes], timeout: float = 40.0) -> None:
+    """SIGTERM (the graceful path), then SIGKILL to the whole process group: a killed
+    master must not leave workers behind still answering the API server."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def start_server(
@@ -112,7 +116,9 @@ def start_server(
             try:
                 if session.get(server.url + "/readyz", timeout=1).status_code == 200:
                     return server
-            except (requests.ConnectionError, requests.Timeout):  # still starting (a busy host)
+            except (requests.ConnectionError, requests.Timeout):
+                # Not listening yet, or too busy starting to finish a TLS handshake within
+                # the second (a loaded CI machine): ask again until ready_timeout.
                 time.sleep(0.1)
     server.stop()
     raise RuntimeError(f"webhook not ready in {ready_timeout:.0f} s; log {log_file}")

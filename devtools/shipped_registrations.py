@@ -2,10 +2,16 @@
 
 ``python -m devtools.shipped_registrations`` rewrites them; ``--check`` exits 1 naming the
 files that differ from what ``spotguard policy webhooks`` renders (a test runs the same
-comparison). The base gets whole configurations (``deploy/base/webhooks.yaml``); a
-provider overlay whose policy differs gets a JSON patch that replaces the webhooks and the
-relevance annotation (``webhooks-mutating.yaml``, ``webhooks-validating.yaml``), so its
-API server is sent only what its own policy needs.
+comparison).
+
+- ``deploy/base/webhooks.yaml``: whole configurations for the base policy with every
+  preset, so they cover any provider's policy (the base names none itself).
+- each provider overlay: JSON patches over those (``webhooks-mutating.yaml``,
+  ``webhooks-validating.yaml``) replacing the webhooks and the relevance annotation with
+  the rendering of the overlay's own policy (the base's with the provider's presets line),
+  so its API server is sent only what that policy needs.
+- the Helm chart's data block (``files/webhooks.yaml``): the base's configurations and
+  each provider's, keyed by its presets, for the chart to pick from.
 """
 
 from __future__ import annotations
@@ -26,12 +32,17 @@ from webhook.registration import RELEVANCE_ANNOTATION, render
 DEPLOY = REPO / "deploy"
 BASE_POLICY = DEPLOY / "base" / "policy-configmap.yaml"
 BASE_WEBHOOKS = DEPLOY / "base" / "webhooks.yaml"
-#: Overlays whose policy changes which reviews matter (audit and cert-manager do not).
-PROVIDER_OVERLAYS = ("eks", "gke", "aks")
+CHART_WEBHOOKS = DEPLOY / "helm" / "spotguard" / "files" / "webhooks.yaml"
+PROVIDER_OVERLAYS = ("eks", "gke", "aks", "generic")
+#: Line (0-based) of the base policy that a provider overlay's presets replace (the base
+#: kustomization's replacement; policy-configmap.yaml says which lines are filled in).
+PRESETS_LINE = 4
+EVERY_PRESET = "  presets: [eks, karpenter, gke, aks, generic]"
 
 BASE_HEADER = """\
-# spotguard's webhook registrations, rendered from the policy in policy-configmap.yaml by
-#   spotguard policy webhooks --policy deploy/base/policy-configmap.yaml
+# spotguard's webhook registrations, rendered from the policy in policy-configmap.yaml with
+# every preset (so they cover any provider; each provider overlay patches in the rendering
+# of its own policy) by `spotguard policy webhooks --policy FILE`
 # (python -m devtools.shipped_registrations rewrites every shipped copy; a test keeps them
 # equal). The caBundle is filled in by `spotguard certs ensure` (or cert-manager's CA
 # injector); the test harness and the demo register the same objects with a url
@@ -63,11 +74,19 @@ BASE_HEADER = """\
 # fails with the schema error before it is stored. The server refuses bad revisions anyway.
 """
 
+CHART_PRESETS_ANNOTATION = "spotguard.dev/chart-presets"
+CHART_HEADER = """\
+# The Helm chart's webhook registrations (templates/webhooks.yaml picks from them): the
+# rendering of the base policy with every preset ("*", which covers any provider) and of
+# each provider overlay's policy, keyed by its presets. Rewritten by
+# python -m devtools.shipped_registrations; a test keeps it equal to the renderer.
+"""
+
 OVERLAY_HEADER = """\
-# The webhook registrations for this overlay's policy (policy.yaml), as JSON patches over
-# the base's: rendered by `spotguard policy webhooks --policy policy.yaml`, rewritten by
-# python -m devtools.shipped_registrations, kept equal by a test. They send the API
-# server only the reviews that can matter under this provider's spot nodes.
+# The webhook registrations for this overlay's policy (the base's with provider.yaml's
+# presets), as JSON patches over the base's: rendered by `spotguard policy webhooks`,
+# rewritten by python -m devtools.shipped_registrations, kept equal by a test. They send
+# the API server only the reviews that can matter under this provider's spot nodes.
 """
 
 
@@ -77,10 +96,33 @@ class Shipped:
     text: str
 
 
-def _policy_text(configmap_file: Path) -> str:
-    document = yaml.safe_load(configmap_file.read_text())
+def _base_policy_text() -> str:
+    document = yaml.safe_load(BASE_POLICY.read_text())
     text: str = document["data"]["policy.yaml"]
     return text
+
+
+def _with_presets(presets_line: str) -> str:
+    """The base policy with its presets line replaced, as the base kustomization does."""
+    lines = _base_policy_text().split("\n")
+    lines[PRESETS_LINE] = presets_line
+    return "\n".join(lines)
+
+
+def provider_presets_line(overlay: str) -> str:
+    provider = yaml.safe_load((DEPLOY / "overlays" / overlay / "provider.yaml").read_text())
+    line: str = provider["data"]["presets"]
+    return line
+
+
+def overlay_policy_text(overlay: str) -> str:
+    """The policy a provider overlay installs."""
+    return _with_presets(provider_presets_line(overlay))
+
+
+def base_policy_text() -> str:
+    """The base policy with every preset: what the base's registrations are rendered for."""
+    return _with_presets(EVERY_PRESET)
 
 
 def _dump(documents: list[Any]) -> str:
@@ -88,14 +130,14 @@ def _dump(documents: list[Any]) -> str:
 
 
 def base_registration() -> Shipped:
-    policy = parse_policy_text(_policy_text(BASE_POLICY))
+    policy = parse_policy_text(base_policy_text())
     return Shipped(BASE_WEBHOOKS, BASE_HEADER + _dump(render(policy)))
 
 
 def overlay_registrations(overlay: str) -> list[Shipped]:
     """One JSON patch file per configuration (kustomization.yaml names their targets)."""
     directory = DEPLOY / "overlays" / overlay
-    policy = parse_policy_text(_policy_text(directory / "policy.yaml"))
+    policy = parse_policy_text(overlay_policy_text(overlay))
     annotation = RELEVANCE_ANNOTATION.replace("~", "~0").replace("/", "~1")
     files = []
     for config in render(policy):
@@ -114,8 +156,33 @@ def overlay_registrations(overlay: str) -> list[Shipped]:
     return files
 
 
+def chart_registrations() -> Shipped:
+    """One document per (presets, configuration), each labelled with its presets in the
+    annotation spotguard.dev/chart-presets ("*" for the base's, which covers any)."""
+    documents = []
+    sets = [("*", base_policy_text())] + [
+        (
+            ",".join(sorted(yaml.safe_load(provider_presets_line(o))["presets"])),
+            overlay_policy_text(o),
+        )
+        for o in PROVIDER_OVERLAYS
+    ]
+    for key, text in sets:
+        for config in render(parse_policy_text(text)):
+            config["metadata"]["annotations"] = {
+                CHART_PRESETS_ANNOTATION: key,
+                **config["metadata"]["annotations"],
+            }
+            documents.append(config)
+    return Shipped(CHART_WEBHOOKS, CHART_HEADER + _dump(documents))
+
+
 def shipped() -> list[Shipped]:
-    return [base_registration(), *(f for o in PROVIDER_OVERLAYS for f in overlay_registrations(o))]
+    return [
+        base_registration(),
+        *(f for o in PROVIDER_OVERLAYS for f in overlay_registrations(o)),
+        chart_registrations(),
+    ]
 
 
 def stale() -> list[Path]:

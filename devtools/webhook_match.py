@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from controlplane.tools import ensure_tool
+from controlplane.webhook_match import ensure_webhook_match
 
 JSONObject = dict[str, Any]
 _ids = itertools.count()
@@ -82,7 +82,7 @@ class Matcher:
     """
 
     def __init__(self, registrations: Iterable[JSONObject], *, echo: bool = False) -> None:
-        binary = ensure_tool("webhook-match")
+        binary = ensure_webhook_match()
         self._tmp = tempfile.TemporaryDirectory(prefix="webhook-match-")
         path = Path(self._tmp.name) / "registrations.yaml"
         path.write_text("\n---\n".join(json.dumps(item) for item in registrations))
@@ -157,7 +157,7 @@ def decide(
 def compile_errors(registrations: Iterable[JSONObject]) -> str:
     """Compile every match condition as the API server does for a new configuration and
     for a stored one; the errors, or '' when every expression compiles."""
-    binary = ensure_tool("webhook-match")
+    binary = ensure_webhook_match()
     with tempfile.TemporaryDirectory(prefix="webhook-match-") as tmp:
         path = Path(tmp) / "registrations.yaml"
         path.write_text("\n---\n".join(json.dumps(item) for item in registrations))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from dataclasses import replace
 from functools import cache
 from importlib import resources
 from typing import Any, TypeVar
@@ -27,12 +28,13 @@ from policies.model import (
     PreStopSettings,
     Rule,
     SelectorRequirement,
+    SpotClass,
     TemplateLocation,
     WorkloadKind,
 )
 from policies.operators import OPERATOR_PRESETS
 from policies.paths import parse_path
-from policies.presets import PRESETS, NodeLabel, Taint
+from policies.presets import PRESETS, NodeLabel, Preset, Taint
 from policies.schema import format_path, schema_errors
 
 _RULE_KEYS = {
@@ -233,13 +235,47 @@ def _unique(items: list[_T]) -> tuple[_T, ...]:
     return tuple(dict.fromkeys(items))
 
 
+def _taint(item: dict[str, Any]) -> Taint:
+    return Taint(item["key"], item.get("value"), item["effect"])
+
+
+def _spot_labels(spot: dict[str, Any], presets: list[Preset]) -> list[NodeLabel]:
+    """The presets' labels (with their guaranteed taints, unless the policy distrusts
+    them) and the policy's own, with the taints it says their nodes always carry."""
+    labels = [
+        label if spot["guaranteedPresetTaints"] else replace(label, taints=())
+        for preset in presets
+        for label in preset.labels
+    ]
+    labels += [
+        NodeLabel(
+            item["key"],
+            tuple(item["values"]),
+            tuple(_taint(t) for t in item.get("taints", [])),
+        )
+        for item in spot["labels"]
+    ]
+    return labels
+
+
+def _spot_classes(labels: list[NodeLabel]) -> tuple[SpotClass, ...]:
+    """One class per spot label value; a value named twice gets both entries' taints."""
+    taints: dict[tuple[str, str], list[Taint]] = {}
+    for label in labels:
+        for value in label.values:
+            taints.setdefault((label.key, value), []).extend(label.taints)
+    return tuple(SpotClass(key, value, _unique(found)) for (key, value), found in taints.items())
+
+
 def _build(doc: dict[str, Any]) -> Policy:
     spot = doc["spotNodes"]
     presets = [PRESETS[name] for name in spot["presets"]]
-    labels = [label for preset in presets for label in preset.labels]
-    labels += [NodeLabel(item["key"], tuple(item["values"])) for item in spot["labels"]]
+    labels = _spot_labels(spot, presets)
     taints = [taint for preset in presets for taint in preset.taints]
-    taints += [Taint(t["key"], t.get("value"), t["effect"]) for t in spot["taints"]]
+    taints += [_taint(t) for t in spot["taints"]]
+    # A taint every node of a spot label carries is a spot taint too: fault-tolerant pods
+    # must tolerate it, other pods must not.
+    taints += [taint for label in labels for taint in label.taints]
     usable = spot["usableNoticeSeconds"]
     notice = spot["noticeWindowSeconds"] or min(usable[p.provider] for p in presets)
 
@@ -267,6 +303,7 @@ def _build(doc: dict[str, Any]) -> Policy:
         ),
         spot_labels=_unique(labels),
         spot_taints=_unique(taints),
+        spot_classes=_spot_classes(labels),
         notice_seconds=notice,
         checkpoint_write_gbps=float(doc["checkpointBudget"]["writeBandwidthGBps"]),
         inject=InjectSettings(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 from policies.paths import TemplatePath
 from policies.presets import NodeLabel, Taint
@@ -41,6 +42,29 @@ class Rule(enum.StrEnum):
     LATENCY_CRITICAL = "latency-critical"
     LOCAL_STORAGE = "local-storage"
     SPOT_NODE_BINDING = "spot-node-binding"
+
+
+#: Taint effects that keep a pod off a node; ``PreferNoSchedule`` only discourages.
+BLOCKING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
+
+
+@dataclass(frozen=True)
+class SpotClass:
+    """The spot nodes carrying one spot label value (``key=value``).
+
+    ``taints``: the spot taints every such node is known to carry (policy data: the
+    presets' guarantees and ``spotNodes.labels[].taints``). A node carrying two spot label
+    values belongs to both classes and carries both classes' taints.
+    """
+
+    key: str
+    value: str
+    taints: tuple[Taint, ...]
+
+    @property
+    def always_tainted(self) -> bool:
+        """Every node of the class has a taint that keeps untolerating pods off it."""
+        return any(taint.effect in BLOCKING_EFFECTS for taint in self.taints)
 
 
 @dataclass(frozen=True)
@@ -170,6 +194,8 @@ class Policy:
     fault_tolerant: LabelSelector
     spot_labels: tuple[NodeLabel, ...]
     spot_taints: tuple[Taint, ...]
+    #: One per distinct spot label value, with the taints its nodes are guaranteed to carry.
+    spot_classes: tuple[SpotClass, ...]
     notice_seconds: int
     inject: InjectSettings
     #: Write bandwidth of checkpoint storage, for the checkpoint budget rule.
@@ -196,6 +222,39 @@ class Policy:
 
     def is_spot_label(self, key: str, value: str) -> bool:
         return any(label.key == key and value in label.values for label in self.spot_labels)
+
+    @cached_property
+    def spot_values(self) -> Mapping[str, tuple[str, ...]]:
+        """Spot label key -> the values that mark a spot node, in policy order."""
+        values: dict[str, tuple[str, ...]] = {}
+        for spot_class in self.spot_classes:
+            values[spot_class.key] = (*values.get(spot_class.key, ()), spot_class.value)
+        return values
+
+    @cached_property
+    def _classes(self) -> Mapping[tuple[str, str], SpotClass]:
+        return {(c.key, c.value): c for c in self.spot_classes}
+
+    def guaranteed_taints(self, key: str, value: str) -> tuple[Taint, ...]:
+        """The taints every node labelled ``key=value`` carries (none if not a spot label)."""
+        spot_class = self._classes.get((key, value))
+        return spot_class.taints if spot_class else ()
+
+    @cached_property
+    def blocking_taints(self) -> Mapping[tuple[str, str], tuple[Taint, ...]]:
+        """``(key, value)`` of each spot class whose nodes carry a blocking taint -> those
+        taints; the classes missing here have none."""
+        return {
+            (c.key, c.value): tuple(t for t in c.taints if t.effect in BLOCKING_EFFECTS)
+            for c in self.spot_classes
+            if c.always_tainted
+        }
+
+    @property
+    def every_spot_node_tainted(self) -> bool:
+        """Every spot node carries a blocking spot taint, so a pod tolerating none of them
+        cannot reach spot whatever its affinity (no keep-off-spot affinity is needed)."""
+        return all(spot_class.always_tainted for spot_class in self.spot_classes)
 
     def spot_label_of(self, node_labels: Mapping[str, str]) -> str | None:
         """The first spot label a node carries, as ``key=value``; None for other nodes."""

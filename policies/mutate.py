@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from policies.affinity import add_preferred_terms, and_into_required_terms
+from policies.affinity import add_preferred_terms, and_into_required_terms, exclude_spot
 from policies.candidates import is_fault_tolerant, poor_candidate_reasons
 from policies.decisions import Change, MutationDecision, PodContext
 from policies.model import Mode, Policy, Rule
@@ -22,9 +22,9 @@ from policies.pods import (
     is_node_agent,
     json_copy,
     regular_containers,
-    tolerates,
 )
 from policies.presets import Taint
+from policies.selectors import parse_toleration
 
 INJECTED_ANNOTATION = "spotguard.dev/injected"
 PRESTOP_COMMAND_ANNOTATION = "spotguard.dev/prestop-command"
@@ -84,11 +84,8 @@ def _apply(rule: Rule, pod: Mapping[str, Any], policy: Policy) -> MutationDecisi
 
 
 def _keep_off_spot(spec: JSONObject, policy: Policy) -> list[Change]:
-    requirements = [
-        {"key": label.key, "operator": "NotIn", "values": list(label.values)}
-        for label in policy.spot_labels
-    ]
-    added = and_into_required_terms(spec, requirements)
+    """Exclude spot from every required term that could reach it (:mod:`policies.placement`)."""
+    added = exclude_spot(spec, policy)
     return [Change("nodeAffinity", f"require {_expression(r)}") for r in added]
 
 
@@ -116,8 +113,11 @@ def _toleration_for(taint: Taint) -> JSONObject:
 
 
 def _add_tolerations(spec: JSONObject, taints: tuple[Taint, ...]) -> list[Change]:
+    """Tolerate each spot taint on every node carrying it: a taint without a value needs
+    ``Exists``, whatever ``Equal`` tolerations of its key the pod has."""
     tolerations: list[JSONObject] = spec.get("tolerations") or []
-    missing = [t for t in taints if not any(tolerates(tol, t) for tol in tolerations)]
+    own = [parsed for parsed in map(parse_toleration, tolerations) if parsed is not None]
+    missing = [t for t in taints if not any(tol.tolerates_every_of(t) for tol in own)]
     if not missing:
         return []
     spec["tolerations"] = tolerations + [_toleration_for(t) for t in missing]

@@ -10,6 +10,7 @@ import marshal
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from policies.placement import tolerates_every
 from policies.presets import Taint
 
 JSONObject = dict[str, Any]
@@ -57,19 +58,9 @@ def regular_containers(spec: Mapping[str, Any]) -> Iterator[JSONObject]:
 
 
 def tolerates(toleration: Mapping[str, Any], taint: Taint) -> bool:
-    """Kubernetes' toleration-matches-taint rule, for a taint value that may be 'any'."""
-    effect = toleration.get("effect") or ""
-    if effect and effect != taint.effect:
-        return False
-    key = toleration.get("key") or ""
-    operator = toleration.get("operator") or "Equal"
-    if not key:
-        return operator == "Exists"
-    if key != taint.key:
-        return False
-    if operator == "Exists":
-        return True
-    return taint.value is not None and (toleration.get("value") or "") == taint.value
+    """Whether the toleration tolerates ``taint`` on every node carrying it (a taint value
+    None is any value): :func:`policies.placement.tolerates_every`, kept for callers."""
+    return tolerates_every(toleration, taint)
 
 
 def required_node_selector_terms(spec: Mapping[str, Any]) -> list[JSONObject]:

@@ -11,20 +11,26 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class NodeLabel:
-    """A node label whose presence with one of ``values`` marks a spot node."""
-
-    key: str
-    values: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class Taint:
     """A node taint. ``value`` None means any value (tolerated with ``operator: Exists``)."""
 
     key: str
     value: str | None
     effect: str
+
+
+@dataclass(frozen=True)
+class NodeLabel:
+    """A node label whose presence with one of ``values`` marks a spot node.
+
+    ``taints``: taints every node carrying this label is known to carry (an AKS spot pool
+    is always tainted; an EKS one never is). The placement model uses them to tell which
+    pods could land on such a node at all; they are spot taints too.
+    """
+
+    key: str
+    values: tuple[str, ...]
+    taints: tuple[Taint, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,12 @@ class Preset:
     description: str
 
 
+AKS_SPOT_TAINT = Taint("kubernetes.azure.com/scalesetpriority", "spot", "NoSchedule")
+
+# Only AKS guarantees its taint. GKE taints spot nodes only when node auto-provisioning
+# creates them, Karpenter only when the NodePool says so, EKS and the generic conventions
+# never by themselves: their labels come without guaranteed taints.
+#
 # How long each provider's notice really leaves a pod is policy data
 # (spotNodes.usableNoticeSeconds in default_policy.yaml), keyed by ``provider``.
 PRESETS: dict[str, Preset] = {
@@ -70,8 +82,9 @@ PRESETS: dict[str, Preset] = {
         Preset(
             name="aks",
             provider="azure",
-            labels=(NodeLabel("kubernetes.azure.com/scalesetpriority", ("spot",)),),
-            taints=(Taint("kubernetes.azure.com/scalesetpriority", "spot", "NoSchedule"),),
+            # AKS taints every spot pool itself; the taint cannot be left off.
+            labels=(NodeLabel(AKS_SPOT_TAINT.key, ("spot",), taints=(AKS_SPOT_TAINT,)),),
+            taints=(AKS_SPOT_TAINT,),
             description="AKS spot node pools (always tainted)",
         ),
         Preset(

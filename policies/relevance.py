@@ -189,29 +189,15 @@ def _relevance_from_data(data: dict[str, Any]) -> Relevance:
 # -- from a policy -------------------------------------------------------------------------
 
 
-def every_spot_node_tainted(policy: Policy) -> bool:
-    """Whether a pod must tolerate a spot taint to reach any spot node of the policy.
-
-    Only AKS spot pools are always tainted; EKS and Karpenter nodes, GKE Standard spot
-    pools, the generic labels and labels a policy adds carry no taint they must have. So
-    this holds when every spot label is one of a guaranteed-tainted provider's.
-    """
-    from policies.presets import PRESETS  # noqa: PLC0415 - keeps the import graph flat
-
-    guaranteed = {label for name in ("aks",) for label in PRESETS[name].labels}
-    return bool(policy.spot_labels) and all(label in guaranteed for label in policy.spot_labels)
-
-
 def keep_off_spot_mutates_every_pod(policy: Policy) -> bool:
     """Whether the keep-off-spot rule may patch any pod that is not fault-tolerant.
 
-    Today it ANDs ``<spot label> NotIn <spot values>`` into every such pod, whatever the
-    taints, so every one must be sent. Once it adds the requirement only to pods that can
-    reach a spot node (the scheduler-exact placement model), a policy whose spot nodes
-    are all tainted needs only the pods that may tolerate a spot taint:
-    ``not every_spot_node_tainted(policy)``.
+    It ANDs ``<spot label> NotIn <spot values>`` only into pods that can reach a spot node
+    (the placement model). Where some spot node carries no blocking taint (EKS, Karpenter,
+    GKE Standard), that is nearly every pod, so every one is sent; where every spot node
+    is tainted (AKS), only a pod tolerating a spot taint can reach one, so only those.
     """
-    return True
+    return not policy.every_spot_node_tainted
 
 
 def _on(policy: Policy, *rules: Rule) -> bool:
@@ -249,7 +235,7 @@ def relevance_of(policy: Policy) -> Relevance:
         mutate_fault_tolerant=True,
         mutate_others=others,
         mutate_templates=policy.mutate_templates,
-        spot_taint_keys=tuple(sorted({taint.key for taint in policy.spot_taints})),
+        spot_taint_keys=_spot_taint_keys(policy),
         spot_labels=_spot_labels(policy),
         check_others=_on(policy, Rule.SPOT_REQUIRES_FAULT_TOLERANCE),
         poor=poor,
@@ -262,6 +248,13 @@ def relevance_of(policy: Policy) -> Relevance:
         trusted_schedulers=tuple(sorted(policy.trusted_schedulers)),
         kinds=_kinds(policy),
     )
+
+
+def _spot_taint_keys(policy: Policy) -> tuple[str, ...]:
+    """Keys of every spot taint: the policy's and those its spot classes guarantee."""
+    keys = {taint.key for taint in policy.spot_taints}
+    keys |= {taint.key for spot_class in policy.spot_classes for taint in spot_class.taints}
+    return tuple(sorted(keys))
 
 
 def _spot_labels(policy: Policy) -> tuple[tuple[str, tuple[str, ...]], ...]:

@@ -48,6 +48,18 @@ _LABEL_SELECTOR_REQUIREMENT = {
 
 _OPERATORS = {"type": "array", "items": {"enum": sorted(OPERATOR_PRESETS)}}
 
+#: A node taint; a null or absent value stands for any value.
+_TAINT = {
+    "type": "object",
+    "properties": {
+        "key": {"type": "string", "minLength": 1},
+        "value": {"type": ["string", "null"]},
+        "effect": {"enum": EFFECTS},
+    },
+    "required": ["key", "effect"],
+    "additionalProperties": False,
+}
+
 _TEMPLATE_PATH = {
     "anyOf": [
         {"type": "string", "minLength": 1},
@@ -102,26 +114,19 @@ POLICY_SCHEMA: dict[str, Any] = _object(
                 "presets": {"type": "array", "items": {"enum": sorted(PRESETS)}},
                 "labels": {
                     "type": "array",
-                    "items": _object(
-                        {
-                            "key": {"type": "string", "minLength": 1},
-                            "values": {**_STRING_LIST, "minItems": 1},
-                        }
-                    ),
-                },
-                "taints": {
-                    "type": "array",
                     "items": {
                         "type": "object",
                         "properties": {
                             "key": {"type": "string", "minLength": 1},
-                            "value": {"type": ["string", "null"]},
-                            "effect": {"enum": EFFECTS},
+                            "values": {**_STRING_LIST, "minItems": 1},
+                            "taints": {"type": "array", "items": _TAINT},
                         },
-                        "required": ["key", "effect"],
+                        "required": ["key", "values"],
                         "additionalProperties": False,
                     },
                 },
+                "taints": {"type": "array", "items": _TAINT},
+                "guaranteedPresetTaints": {"type": "boolean"},
                 "noticeWindowSeconds": {"type": ["integer", "null"], "minimum": 1},
                 "usableNoticeSeconds": _object(
                     {

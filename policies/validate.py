@@ -18,12 +18,9 @@ from policies.candidates import OffSpotReason, is_fault_tolerant, off_spot_reaso
 from policies.decisions import PodContext, ValidationDecision, Violation
 from policies.model import Mode, Policy, Rule
 from policies.nodes import spot_node_violations
-from policies.pods import (
-    is_node_agent,
-    required_node_selector_terms,
-    spec_of,
-    tolerates,
-)
+from policies.placement import spot_exclusion, spot_selection
+from policies.pods import is_node_agent, spec_of
+from policies.selectors import parse_placement, parse_toleration
 
 #: Requests that never put a pod anywhere: nothing to check.
 _UNCHECKED_OPERATIONS = frozenset({"DELETE", "CONNECT"})
@@ -83,7 +80,15 @@ def _placement_changed(pod: Mapping[str, Any], old_pod: Mapping[str, Any] | None
 def spot_placement_violations(
     pod: Mapping[str, Any], policy: Policy, reason: OffSpotReason
 ) -> list[Violation]:
-    """Where a pod that must stay off spot tolerates or selects spot nodes anyway."""
+    """Where a pod that must stay off spot tolerates or selects spot nodes anyway.
+
+    Judged by the placement model (:mod:`policies.placement`): a toleration that tolerates
+    a spot taint on some node (an ``Equal`` toleration of a taint the policy gives without
+    a value included), a nodeSelector entry with a spot value, a required term whose own
+    requirements leave only spot nodes (``In``, or ``NotIn``/``Exists``/``Gt``/``Lt``
+    combined so that only spot values remain). A term that merely could reach spot is
+    the keep-off-spot mutation's business, not a violation.
+    """
     if reason.mode is Mode.OFF:
         return []
     spec = spec_of(pod)
@@ -99,8 +104,10 @@ def spot_placement_violations(
         )
 
     found: list[Violation] = []
-    for index, toleration in enumerate(spec.get("tolerations") or []):
-        tolerated = [t for t in policy.spot_taints if tolerates(toleration, t)]
+    tolerations = spec.get("tolerations")
+    for index, toleration in enumerate(tolerations if isinstance(tolerations, list) else []):
+        parsed = parse_toleration(toleration)
+        tolerated = [t for t in policy.spot_taints if parsed and parsed.tolerates_some_of(t)]
         if tolerated:
             taint = tolerated[0]
             found.append(
@@ -111,32 +118,50 @@ def spot_placement_violations(
                     f"tolerates spot taint {taint.key}",
                 )
             )
-    for key, value in (spec.get("nodeSelector") or {}).items():
-        if policy.is_spot_label(key, str(value)):
-            found.append(
-                violation(
-                    f"spec.nodeSelector[{key}]",
-                    f"it selects spot nodes ({key}={value})",
-                    "this nodeSelector entry",
-                    f"nodeSelector selects spot ({key}={value})",
-                )
+    selection = spot_selection(spec, policy)
+    for key in selection.node_selector:
+        value = spec["nodeSelector"][key]
+        found.append(
+            violation(
+                f"spec.nodeSelector[{key}]",
+                f"it selects spot nodes ({key}={value})",
+                "this nodeSelector entry",
+                f"nodeSelector selects spot ({key}={value})",
             )
-    prefix = "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
-    for term_index, term in enumerate(required_node_selector_terms(spec)):
-        for expr_index, expression in enumerate(term.get("matchExpressions") or []):
-            values = expression.get("values") or []
-            if expression.get("operator") == "In" and any(
-                policy.is_spot_label(expression.get("key", ""), str(v)) for v in values
-            ):
-                found.append(
-                    violation(
-                        f"{prefix}.nodeSelectorTerms[{term_index}].matchExpressions[{expr_index}]",
-                        f"it requires spot nodes ({expression.get('key')} In {', '.join(values)})",
-                        "this node-affinity requirement",
-                        f"required node affinity selects spot ({expression.get('key')})",
-                    )
-                )
+        )
+    forcing = [(index, key) for index, keys in selection.terms.items() for key in keys]
+    raw_terms = parse_placement(spec).raw_terms if forcing else ()
+    for term_index, key in forcing:
+        field = f"{_REQUIRED}.nodeSelectorTerms[{term_index}]"
+        ours = spot_exclusion(key, policy)
+        expressions = [
+            (index, expression)
+            for index, expression in enumerate(raw_terms[term_index].get("matchExpressions") or [])
+            if isinstance(expression, dict) and expression.get("key") == key and expression != ours
+        ]
+        described = "; ".join(_describe(expression) for _, expression in expressions)
+        if len(expressions) == 1:
+            field += f".matchExpressions[{expressions[0][0]}]"
+        found.append(
+            violation(
+                field,
+                f"it requires spot nodes ({described})",
+                "this node-affinity requirement"
+                if len(expressions) == 1
+                else "these node-affinity requirements",
+                f"required node affinity selects spot ({key})",
+            )
+        )
     return found
+
+
+_REQUIRED = "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+
+
+def _describe(expression: Mapping[str, Any]) -> str:
+    values = expression.get("values")
+    shown = ", ".join(str(v) for v in values) if isinstance(values, list) else ""
+    return f"{expression.get('key')} {expression.get('operator')} {shown}".rstrip()
 
 
 def _grace_period_violations(pod: Mapping[str, Any], policy: Policy) -> list[Violation]:

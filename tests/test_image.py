@@ -143,3 +143,25 @@ def test_image_has_no_build_or_install_tools(image: str) -> None:
     result = run(image, "-c", probe, entrypoint="python")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[] []"
+
+
+def test_image_builds_for_amd64_and_arm64() -> None:
+    """The multi-architecture build the Dockerfile documents (docker buildx, both
+    platforms). It needs a Docker engine and a buildx builder that can build arm64 (QEMU or
+    a native node); the result stays in the build cache, nothing is pushed."""
+    problem = docker_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    builders = subprocess.run(
+        ["docker", "buildx", "inspect"], capture_output=True, text=True, timeout=60, check=False
+    )
+    if builders.returncode != 0:
+        pytest.skip(f"docker buildx is not available: {builders.stderr.strip()[-200:]}")
+    if "linux/arm64" not in builders.stdout or "linux/amd64" not in builders.stdout:
+        pytest.skip("the current buildx builder cannot build both linux/amd64 and linux/arm64")
+    build = subprocess.run(
+        ["docker", "buildx", "build", "--platform", "linux/amd64,linux/arm64",
+         "--output", "type=cacheonly", str(REPO)],
+        capture_output=True, text=True, timeout=BUILD_TIMEOUT * 2, check=False,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr[-3000:]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import importlib.metadata
 import json
 import os
 import sys
@@ -438,12 +439,22 @@ def _add_certs_commands(commands: Any) -> None:
     ensure_cmd.set_defaults(handler=cmd_certs_ensure)
 
 
+def package_version() -> str:
+    """spotguard's version from the installed package's metadata (pyproject.toml's
+    ``version``): the one version the image tag, the manifests and the Helm chart carry."""
+    try:
+        return importlib.metadata.version("spotguard")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (spotguard is not installed: pip install -e .)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spotguard",
         description="Admission webhook that puts fault-tolerant ML training on spot capacity "
         "and keeps other workloads off it.",
     )
+    parser.add_argument("--version", action="version", version=f"spotguard {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     policy_help = "policy document (YAML); default: the built-in policy"
 

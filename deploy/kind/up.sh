@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
 # One command from a clone to spotguard running in a local kind cluster, with the demo:
 #
-#   deploy/kind/up.sh [KUSTOMIZATION]     # default deploy/base; e.g. deploy/overlays/audit
+#   deploy/kind/up.sh [KUSTOMIZATION]     # default deploy/kind; e.g. deploy/overlays/aks
 #
 # Creates the kind cluster "spotguard" from deploy/kind/cluster.yaml (kept if it already
-# exists), builds the image spotguard:dev, loads it into the nodes, applies the
-# kustomization, waits for the certificates and the Deployment, then applies the examples
-# in namespace spotguard-demo and prints which node each pod landed on. Run it again at
-# any time (it rebuilds and reloads the image and restarts the Deployment). Needs docker
-# (a running engine), kind and kubectl. deploy/kind/down.sh deletes the cluster.
+# exists), builds the image spotguard:<version> (the tag the manifests use), loads it into
+# the nodes, applies the kustomization, waits for the certificates and the Deployment,
+# then applies the examples in namespace spotguard-demo and prints which node each pod
+# landed on. Run it again at any time (it rebuilds and reloads the image and restarts the
+# Deployment). Needs docker (a running engine), kind and kubectl. deploy/kind/down.sh
+# deletes the cluster.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cluster=${SPOTGUARD_KIND_CLUSTER:-spotguard}
 context=kind-$cluster
-image=spotguard:dev
-target=${1:-deploy/base}
+target=${1:-deploy/kind}
 system_ns=spotguard-system
 demo_ns=spotguard-demo
 
@@ -33,6 +33,9 @@ command -v kind >/dev/null 2>&1 ||
 command -v kubectl >/dev/null 2>&1 || die "kubectl not found: install kubectl, then retry"
 cd "$repo"
 [[ -f "$target/kustomization.yaml" ]] || die "$target: no kustomization.yaml there"
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml)
+[[ -n "$version" ]] || die "pyproject.toml: no version"
+image=spotguard:$version # deploy/base tags the image with this version
 
 say "kind cluster $cluster"
 clusters=$(kind get clusters 2>/dev/null || true)

@@ -1,16 +1,18 @@
 """The install manifests in deploy/: what `kubectl apply -k` gives a platform team.
 
-Three layers of checks:
+deploy/base is a kustomize Component that every provider overlay (deploy/overlays/<provider>)
+completes with its spot presets; options are components (tests/e2e/test_kustomize_options.py
+composes them). Three layers of checks:
 
-- Every kustomization (the base and each overlay) passes a server-side dry run against
-  the real API server of the session's control plane. Two things are created for real
-  first: the Namespace, because a server-side dry run of namespaced objects in a namespace
-  that does not exist yet fails with "namespaces ... not found" (a dry-run Namespace is
-  never stored), and stand-ins for cert-manager's two CRDs (tests/e2e/crds/), which the
-  cert-manager overlay's objects need.
-- The rendered base (`kubectl kustomize`, parsed here) has the properties promised:
-  replicas, hardening, probes, resources, the Secret's items, the PDB, the exact RBAC.
-- On a private control plane with the whole base applied for real, the certificate job's
+- Every provider overlay (and deploy/kind) passes a server-side dry run against the real
+  API server of the session's control plane. Two things are created for real first: the
+  Namespace, because a server-side dry run of namespaced objects in a namespace that does
+  not exist yet fails with "namespaces ... not found" (a dry-run Namespace is never
+  stored), and stand-ins for the CRDs the components' objects need (tests/e2e/crds/).
+- The rendered install (`kubectl kustomize deploy/overlays/eks`, parsed here) has the
+  properties promised: replicas, hardening, probes, resources, the Secret's items, the
+  PDB, the exact RBAC; the other providers differ from it in the policy's presets only.
+- On a private control plane with the eks overlay applied for real, the certificate job's
   command and the server's command run under their own ServiceAccounts' tokens: the RBAC
   is enough for what they do (including the ConfigMap watch, restricted by resourceNames
   through the metadata.name field selector) and refuses what they do not need.
@@ -18,13 +20,7 @@ Three layers of checks:
 
 from __future__ import annotations
 
-import base64
-import http.client
 import json
-import os
-import signal
-import socket
-import ssl
 import subprocess
 import sys
 import time
@@ -37,10 +33,13 @@ import pytest
 import yaml
 
 from controlplane.harness import ControlPlane
+from devtools.installed import ServedDeployment, kubeconfig_for, serve_deployment
 from devtools.server import REPO, free_port
 from policies.loader import default_document, parse_policy_text
 from policies.model import Mode
 from policies.presets import PRESETS
+from tests.e2e.rendering import PROVIDERS, compose, find, keyed, kustomize, policy_of
+from webhook.cli import package_version
 from webhook.registration import render as render_registrations
 
 pytestmark = pytest.mark.e2e
@@ -48,9 +47,13 @@ pytestmark = pytest.mark.e2e
 Manifest = dict[str, Any]
 
 NAMESPACE = "spotguard-system"
-OVERLAYS = ("eks", "gke", "aks", "audit", "cert-manager")
-KUSTOMIZATIONS = ("deploy/base", *(f"deploy/overlays/{name}" for name in OVERLAYS))
+KUSTOMIZATIONS = (*(f"deploy/overlays/{name}" for name in PROVIDERS), "deploy/kind")
+#: The provider overlay the structural and live tests install.
+INSTALL = "deploy/overlays/eks"
 CRDS = REPO / "tests" / "e2e" / "crds"
+#: Stand-ins for the CRDs of the components' objects (cert-manager, Prometheus Operator).
+STAND_IN_CRDS = (CRDS / "cert-manager.yaml", CRDS / "prometheus-operator.yaml")
+IMAGE = f"spotguard:{package_version()}"
 SERVICE_HOST = f"spotguard.{NAMESPACE}.svc"  # the name the API server verifies
 SERVER_SA = f"system:serviceaccount:{NAMESPACE}:spotguard"
 CERTS_SA = f"system:serviceaccount:{NAMESPACE}:spotguard-certs"
@@ -135,19 +138,7 @@ CERT_JOB_OBJECTS = {
 # -- rendering ---------------------------------------------------------------------------
 
 
-def render(cluster: ControlPlane, path: str) -> list[Manifest]:
-    result = cluster.kubectl("kustomize", str(REPO / path), check=True)
-    return [document for document in yaml.safe_load_all(result.stdout) if document]
-
-
-def find(documents: list[Manifest], kind: str, name: str) -> Manifest:
-    matches = [d for d in documents if d["kind"] == kind and d["metadata"]["name"] == name]
-    assert len(matches) == 1, f"expected one {kind}/{name}, found {len(matches)}"
-    return matches[0]
-
-
-def keyed(documents: list[Manifest]) -> dict[tuple[str, str], Manifest]:
-    return {(d["kind"], d["metadata"]["name"]): d for d in documents}
+render = kustomize
 
 
 def pod_templates(documents: list[Manifest]) -> dict[str, Manifest]:
@@ -162,14 +153,10 @@ def pod_templates(documents: list[Manifest]) -> dict[str, Manifest]:
     return templates
 
 
-def policy_of(documents: list[Manifest]) -> str:
-    text: str = find(documents, "ConfigMap", "spotguard-policy")["data"]["policy.yaml"]
-    return text
-
-
 @pytest.fixture(scope="module")
 def base(cluster: ControlPlane) -> list[Manifest]:
-    return render(cluster, "deploy/base")
+    """The base as a provider overlay installs it (eks)."""
+    return render(cluster, INSTALL)
 
 
 # -- server-side dry run --------------------------------------------------------------------
@@ -180,16 +167,20 @@ def prepared(cluster: ControlPlane, base: list[Manifest]) -> Iterator[ControlPla
     """The cluster with what a dry run cannot create itself: the Namespace and the CRDs."""
     namespace = find(base, "Namespace", NAMESPACE)
     cluster.kubectl("apply", "-f", "-", input=json.dumps(namespace), check=True)
-    cluster.kubectl("apply", "-f", str(CRDS), check=True)
+    for crds in STAND_IN_CRDS:
+        cluster.kubectl("apply", "-f", str(crds), check=True)
     cluster.kubectl(
         "wait", "--for=condition=Established", "--timeout=30s",
         "crd/certificates.cert-manager.io", "crd/issuers.cert-manager.io",
+        "crd/podmonitors.monitoring.coreos.com", "crd/servicemonitors.monitoring.coreos.com",
+        "crd/prometheusrules.monitoring.coreos.com",
         check=True,
     )  # fmt: skip
     yield cluster
     # The stand-in CRDs go; the Namespace stays (other tests never use it, and a
     # namespace being deleted cannot be created again until it is gone).
-    cluster.kubectl("delete", "-f", str(CRDS), "--wait=false", "--ignore-not-found")
+    for crds in STAND_IN_CRDS:
+        cluster.kubectl("delete", "-f", str(crds), "--wait=false", "--ignore-not-found")
 
 
 @pytest.mark.parametrize("path", KUSTOMIZATIONS)
@@ -236,7 +227,7 @@ def check_hardened_pod(name: str, template: Manifest, service_account: str) -> N
         context = container["securityContext"]
         for key, value in SECURE_CONTAINER.items():
             assert context[key] == value, f"{name}: securityContext.{key}"
-        assert container["image"] == "spotguard:dev"
+        assert container["image"] == IMAGE  # spotguard's version (tests/test_versions.py)
         assert {"requests", "limits"} <= set(container["resources"]), name
         for section in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(container["resources"][section]), name
@@ -399,35 +390,48 @@ def test_policy_configmap_has_a_stable_name_and_a_valid_policy(base: list[Manife
     assert NAMESPACE in policy.exclude_namespaces
 
 
+def test_the_base_alone_refuses_to_guess_a_provider(cluster: ControlPlane) -> None:
+    """Every preset at once would give each fault-tolerant pod the shortest notice window
+    (GKE's 15 s on EKS): the base does not build without a provider overlay."""
+    result = cluster.kubectl("kustomize", str(REPO / "deploy/base"))
+    assert result.returncode != 0
+    assert "spotguard-provider" in result.stderr and "data.presets" in result.stderr
+
+
 @pytest.mark.parametrize(
-    ("overlay", "mode", "presets"),
+    ("overlay", "presets"),
     [
-        ("eks", Mode.ENFORCE, ("eks", "karpenter")),
-        ("gke", Mode.ENFORCE, ("gke",)),
-        ("aks", Mode.ENFORCE, ("aks",)),
-        ("audit", Mode.AUDIT, ("eks", "karpenter", "gke", "aks", "generic")),
+        ("eks", ("eks", "karpenter")),
+        ("gke", ("gke",)),
+        ("aks", ("aks",)),
+        ("generic", ("generic",)),
     ],
 )
-def test_policy_overlays_change_only_the_policy(
-    cluster: ControlPlane,
-    base: list[Manifest],
-    overlay: str,
-    mode: Mode,
-    presets: tuple[str, ...],
+def test_provider_overlays_differ_in_the_presets_only(
+    cluster: ControlPlane, base: list[Manifest], overlay: str, presets: tuple[str, ...]
 ) -> None:
     documents = render(cluster, f"deploy/overlays/{overlay}")
     policy = parse_policy_text(policy_of(documents))
-    assert policy.mode is mode
+    assert policy.mode is Mode.ENFORCE
+    assert tuple(yaml.safe_load(policy_of(documents))["spotNodes"]["presets"]) == presets
     wanted = {(label.key, label.values) for name in presets for label in PRESETS[name].labels}
     assert {(label.key, label.values) for label in policy.spot_labels} == wanted
+    # One provider's window, not the shortest of every preset's.
     usable = default_document()["spotNodes"]["usableNoticeSeconds"]
-    assert policy.notice_seconds == min(usable[PRESETS[name].provider] for name in presets)
+    assert policy.notice_seconds == usable[PRESETS[presets[0]].provider]
+    assert {PRESETS[name].provider for name in presets} == {PRESETS[presets[0]].provider}
+    # The policy text differs in its presets line (line 5) and nowhere else.
+    lines, base_lines = policy_of(documents).split("\n"), policy_of(base).split("\n")
+    assert [i for i, (a, b) in enumerate(zip(lines, base_lines, strict=True)) if a != b] in (
+        [],
+        [4],
+    )
     changed = {key for key, value in keyed(documents).items() if keyed(base).get(key) != value}
     registrations = {
         ("MutatingWebhookConfiguration", "spotguard"),
         ("ValidatingWebhookConfiguration", "spotguard"),
     }
-    assert changed - registrations == {("ConfigMap", "spotguard-policy")}
+    assert changed - registrations <= {("ConfigMap", "spotguard-policy")}
     assert len(documents) == len(base)
     # The registrations are those rendered for the overlay's own policy.
     rendered = keyed(render_registrations(policy))
@@ -435,10 +439,10 @@ def test_policy_overlays_change_only_the_policy(
         assert keyed(documents)[key] == rendered[key], key
 
 
-def test_cert_manager_overlay_replaces_the_cert_job(
-    cluster: ControlPlane, base: list[Manifest]
+def test_cert_manager_component_replaces_the_cert_job(
+    cluster: ControlPlane, base: list[Manifest], tmp_path: Path
 ) -> None:
-    documents = keyed(render(cluster, "deploy/overlays/cert-manager"))
+    documents = keyed(render(cluster, compose(tmp_path, "eks", ("cert-manager",))))
     base_objects = keyed(base)
     assert not CERT_JOB_OBJECTS & set(documents)
     assert set(base_objects) >= CERT_JOB_OBJECTS
@@ -475,28 +479,7 @@ class Live:
 
     def kubeconfig_for(self, account: str) -> Path:
         """A kubeconfig holding a token of ServiceAccount ``account``."""
-        token = self.plane.kubectl(
-            "create", "token", account, "-n", NAMESPACE, "--duration=1h", check=True
-        ).stdout.strip()
-        path = self.workdir / f"{account}.kubeconfig"
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "plane",
-                    "cluster": {
-                        "server": self.plane.server,
-                        "certificate-authority": str(self.plane.ca_file),
-                    },
-                }
-            ],
-            "users": [{"name": account, "user": {"token": token}}],
-            "contexts": [{"name": account, "context": {"cluster": "plane", "user": account}}],
-            "current-context": account,
-        }
-        path.write_text(yaml.safe_dump(config))
-        return path
+        return kubeconfig_for(self.plane, NAMESPACE, account, self.workdir)
 
     def can(self, user: str, verb: str, resource: str, namespace: str = NAMESPACE) -> bool:
         result = self.plane.kubectl("auth", "can-i", verb, resource, "-n", namespace, "--as", user)
@@ -524,7 +507,7 @@ def live(
     plane.start()
     try:
         # A real apply creates the Namespace before the objects in it.
-        plane.kubectl("apply", "-k", str(REPO / "deploy/base"), check=True)
+        plane.kubectl("apply", "-k", str(REPO / INSTALL), check=True)
         yield Live(plane, base, workdir)
     finally:
         plane.stop()
@@ -574,20 +557,6 @@ def test_cert_job_identity_can_do_its_work_and_nothing_else(
         assert not live.can(CERTS_SA, verb, resource), f"spotguard-certs may {verb} {resource}"
 
 
-class PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """HTTPS to ``address`` while verifying the certificate for ``server_name``, as the API
-    server does when it calls the Service."""
-
-    def __init__(self, address: str, port: int, server_name: str, context: ssl.SSLContext):
-        super().__init__(server_name, port, timeout=5, context=context)
-        self._address = address
-        self._tls = context
-
-    def connect(self) -> None:
-        sock = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
-
-
 def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -598,88 +567,24 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
     raise TimeoutError(f"{what}: not within {timeout:.0f} s")
 
 
-def stop(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    """SIGTERM (the graceful path), then SIGKILL to the whole process group."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-@dataclass
-class Served:
-    """``spotguard serve`` with the Deployment's arguments, the files its Secret volume
-    mounts, and the server ServiceAccount's token, checked the way the API server would."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    log_file: Path
-    context: ssl.SSLContext
-
-    def readyz(self) -> Manifest | None:
-        if self.process.poll() is not None:
-            raise AssertionError(f"spotguard serve exited:\n{self.log_file.read_text()}")
-        connection = PinnedHTTPSConnection("127.0.0.1", self.port, SERVICE_HOST, self.context)
-        try:
-            connection.request("GET", "/readyz")
-            body: Manifest = json.loads(connection.getresponse().read())
-            return body
-        except OSError:
-            return None
-        finally:
-            connection.close()
-
-    def wait_for_state(self, key: str, timeout: float = 20) -> Manifest:
-        """The /readyz body once ``key`` is set in it."""
-        state: Manifest = wait_for(lambda: (s := self.readyz()) and s.get(key) and s, timeout, key)
-        return state
-
-
 @pytest.fixture
 def served(
     live: Live, certificates: subprocess.CompletedProcess[str], tmp_path: Path
-) -> Iterator[Served]:
+) -> Iterator[ServedDeployment]:
+    """``spotguard serve`` with the Deployment's arguments, the files its Secret volume
+    mounts, and the server ServiceAccount's token, checked the way the API server would
+    (devtools.installed)."""
     assert certificates.returncode == 0, certificates.stdout + certificates.stderr
-    pod = find(live.documents, "Deployment", "spotguard")["spec"]["template"]["spec"]
-    # The Secret's files as the kubelet mounts them: only the volume's items.
-    secret = live.get("secret", "spotguard-tls")
-    (volume,) = [v for v in pod["volumes"] if "secret" in v]
-    cert_dir = tmp_path / "certs"
-    cert_dir.mkdir()
-    for item in volume["secret"]["items"]:
-        (cert_dir / item["path"]).write_bytes(base64.b64decode(secret["data"][item["key"]]))
-    assert sorted(p.name for p in cert_dir.iterdir()) == ["tls.crt", "tls.key"]
-
-    # The Deployment's own arguments, with local addresses and directories.
-    port = free_port()
-    local = {
-        "--bind": f"127.0.0.1:{port}",
-        "--metrics-bind": f"127.0.0.1:{free_port()}",
-        "--cert-dir": str(cert_dir),
-        "--runtime-dir": str(tmp_path / "run"),
-    }
-    args = list(pod["containers"][0]["args"])
-    for index, arg in enumerate(args[:-1]):
-        args[index + 1] = local.get(arg, args[index + 1])
-    kubeconfig = live.kubeconfig_for("spotguard")
-    command = [sys.executable, "-m", "webhook", *args, "--kubeconfig", str(kubeconfig),
-               "--workers", "1", "--shutdown-delay", "0"]  # fmt: skip
-    log_file = tmp_path / "serve.log"
-    with log_file.open("wb") as output:
-        process = subprocess.Popen(
-            command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    # Trust exactly what the API server trusts: the caBundle the cert job wrote.
-    webhook = live.get("validatingwebhookconfiguration", "spotguard")["webhooks"][0]
-    ca_bundle = base64.b64decode(webhook["clientConfig"]["caBundle"]).decode()
+    server = serve_deployment(
+        live.plane, NAMESPACE, "spotguard", tmp_path, bind=("127.0.0.1", free_port())
+    )
+    # Only the serving pair, as the volume's items say: never the CA's key.
+    assert sorted(p.name for p in (tmp_path / "certs").iterdir()) == ["tls.crt", "tls.key"]
     try:
-        yield Served(process, port, log_file, ssl.create_default_context(cadata=ca_bundle))
+        yield server
     finally:
-        stop(process)
-    log = log_file.read_text()
+        server.stop()
+    log = server.log_file.read_text()
     assert "Forbidden" not in log and "failed: 403" not in log, log
 
 
@@ -690,7 +595,9 @@ def set_policy(live: Live, text: str) -> None:
     )
 
 
-def test_server_identity_can_watch_its_policy_and_record_events(live: Live, served: Served) -> None:
+def test_server_identity_can_watch_its_policy_and_record_events(
+    live: Live, served: ServedDeployment
+) -> None:
     state = served.wait_for_state("policyRevision", timeout=30)
     assert state["policyRevision"] == parse_policy_text(policy_of(live.documents)).revision
     # It reads its own webhook registration, and finds that it sends what the policy needs.
