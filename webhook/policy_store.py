@@ -87,17 +87,19 @@ class PolicyStore:
 
     def gate_changed(self) -> None:
         """The gate's answer may have changed (a new registration): judge the policy in
-        force again, and retry a revision it refused."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            self.load_text(*pending)
-            return
-        with self._lock:
-            self._state = dataclasses.replace(
-                self._state, registration=self._check(self._state.policy)
-            )
-        self._report_registration()
-        self._notify(True)
+        force again, then retry a revision it refused."""
+        with self._judging:
+            with self._lock:
+                previous = self._state
+                self._state = dataclasses.replace(
+                    previous, registration=self._check(previous.policy)
+                )
+            if self._state.registration != previous.registration:
+                self._report_registration(previous)
+                self._notify(True)
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                self._load(*pending)
 
     def _check(self, policy: Policy | None) -> tuple[str, ...] | None:
         if self._gate is None or policy is None:
@@ -137,8 +139,9 @@ class PolicyStore:
                 return False
         self._pending = None
         with self._lock:
-            previous = self._state.policy
+            before = self._state
             self._state = PolicyState(policy, source, text, registration=registration)
+        previous = before.policy
         if previous is None or previous.revision != policy.revision:
             log.info(
                 "policy revision %s loaded from %s",
@@ -152,12 +155,18 @@ class PolicyStore:
                     }
                 },
             )
-        self._report_registration()
+        self._report_registration(before)
         self._notify(True)
         return True
 
-    def _report_registration(self) -> None:
+    def _report_registration(self, before: PolicyState) -> None:
+        """Log the registration's coverage of the policy in force when it changed."""
         problems = self._state.registration
+        same_policy = (before.policy and before.policy.revision) == (
+            self._state.policy and self._state.policy.revision
+        )
+        if same_policy and problems == before.registration:
+            return
         if problems is not None and not problems:
             log.info(
                 "the webhook registration covers policy %s",
