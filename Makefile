@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo demo-helm test lint unit e2e controlplane tools bench clean
+.PHONY: setup host-packages demo demo-helm drill images test lint unit e2e controlplane tools bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,11 +14,20 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install spotguard with its dev tools
 
+host-packages:  ## Debian packages: hook shells, containerd, runc, CNI plugins (only if missing)
+	sh devtools/install-host-packages.sh
+
 controlplane: setup  ## build kube-apiserver, etcd, ... from Go modules (cached)
 	$(BIN)/python -m controlplane.build
 
 tools: setup  ## build helm and promtool from Go modules (cached)
 	$(BIN)/python -m tools.build
+
+images: setup  ## pause and trainer images (OCI archives) from Debian packages (cached)
+	$(BIN)/python -m controlplane.images
+
+drill: host-packages controlplane images  ## real kubelets preempt a training Job: timelines, claims checked
+	$(BIN)/python -m devtools.drill
 
 demo: controlplane  ## local demo: a real control plane, the webhook, the examples
 	$(BIN)/python -m devtools.demo
@@ -31,11 +40,14 @@ lint: setup  ## ruff and mypy --strict
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint controlplane tools  ## everything CI runs: lint, unit, HTTP/TLS and end-to-end tests
+test: lint host-packages controlplane tools  ## everything CI runs: lint, unit, HTTP/TLS and end-to-end tests
 	$(BIN)/pytest
 
-bench: setup  ## webhook throughput and latency over real gunicorn and TLS
+bench: setup  ## throughput and latency over real gunicorn and TLS: new vs old design, bad clients
 	$(BIN)/python -m benchmarks.bench_webhook
+
+soak: setup  ## 10 minutes of load while certificates, policy and workers change (not in CI)
+	$(BIN)/python -m benchmarks.soak --minutes 10
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -56,6 +56,8 @@ BINARIES: tuple[Binary, ...] = (
     Binary("kube-scheduler", "k8s.io/kubernetes/cmd/kube-scheduler"),
     Binary("kubectl", "k8s.io/kubernetes/cmd/kubectl"),
     Binary("kwok", "sigs.k8s.io/kwok/cmd/kwok"),
+    # The node agent for the harness's real nodes (controlplane/kubelet.py).
+    Binary("kubelet", "k8s.io/kubernetes/cmd/kubelet"),
 )
 
 #: kwok stage definitions copied from the kwok module next to the binaries
@@ -380,8 +382,8 @@ def kwok_stages_dir(bin_dir: Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     return build_main(
         "python -m controlplane.build",
-        "Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and "
-        "kwok from the pinned Go modules; print the bin directory.",
+        "Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok "
+        "and kubelet from the pinned Go modules; print the bin directory.",
         ensure_binaries,
         argv,
     )

@@ -24,6 +24,9 @@ Components:
 - kube-scheduler (``scheduler=True``): the real scheduler places pods.
 - simulated nodes (``nodes=True``): the Node objects of :data:`NODE_GROUPS`,
   kept Ready by kwok, which also moves pods bound to them to Running.
+- real nodes (``real_nodes=True``): containerd and a kubelet per node of
+  :data:`controlplane.realnodes.REAL_NODES`, running real containers
+  (controlplane/realnodes.py); ``cp.real`` reaches them.
 
 Certificates and keys are generated with the ``openssl`` command.
 """
@@ -48,9 +51,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
 
 from controlplane.build import ensure_binaries, kwok_stages_dir
+
+if TYPE_CHECKING:
+    from controlplane.realnodes import RealNodes
 
 T = TypeVar("T")
 
@@ -353,6 +359,7 @@ class ControlPlane:
         bin_dir: Path | None = None,
         startup_timeout: float = 90.0,
         extra_apiserver_args: Sequence[str] = (),
+        real_nodes: bool = False,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.controllers = controllers
@@ -362,6 +369,8 @@ class ControlPlane:
         self._bin_dir = bin_dir
         self.startup_timeout = startup_timeout
         self.extra_apiserver_args = tuple(extra_apiserver_args)
+        self.real_nodes = real_nodes
+        self.real: RealNodes | None = None
         self.logs_dir = self.workdir / "logs"
         self.cert_dir = self.workdir / "pki"
         self.kubeconfig = self.workdir / "kubeconfig"
@@ -500,6 +509,12 @@ class ControlPlane:
                 self._wait_healthy("kube-scheduler", self._scheduler_port)
             if self.nodes:
                 self._wait_nodes_ready()
+            if self.real_nodes:
+                from controlplane.realnodes import RealNodes  # noqa: PLC0415 (imports us)
+
+                self.real = RealNodes(self)
+                self.real.start()
+                self.startup_seconds["real nodes"] = time.monotonic() - t0
         except BaseException:
             self.stop()
             raise
@@ -507,6 +522,14 @@ class ControlPlane:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM each component, newest first; SIGKILL it after ``timeout``."""
+        real, self.real = self.real, None
+        try:
+            if real is not None:
+                real.stop()  # kubelets and their containers first
+        finally:
+            self._stop_components(timeout)
+
+    def _stop_components(self, timeout: float) -> None:
         with self._lock:
             components, self._components = self._components, []
         for comp in reversed(components):
@@ -557,6 +580,8 @@ class ControlPlane:
         """Raise :class:`ControlPlaneError` if a component has exited."""
         for comp in list(self._components):
             self._alive(comp)()
+        if self.real is not None:
+            self.real.check()
 
     def _write_auth(self) -> None:
         self.token_file = self.cert_dir / "tokens.csv"
@@ -853,6 +878,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-scheduler", action="store_true")
     parser.add_argument("--no-nodes", action="store_true")
     parser.add_argument("--complete-job-pods", action="store_true")
+    parser.add_argument("--real-nodes", action="store_true", help="containerd + kubelets")
     args = parser.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -862,6 +888,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scheduler=not args.no_scheduler,
         nodes=not args.no_nodes,
         complete_job_pods=args.complete_job_pods,
+        real_nodes=args.real_nodes,
     )
     with cp:
         times = ", ".join(f"{k} {v:.1f}s" for k, v in cp.startup_seconds.items())

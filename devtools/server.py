@@ -18,6 +18,7 @@ from pathlib import Path
 import requests
 
 from certs.pki import CertPaths, generate_pair, service_dns_names
+from devtools.procnet import children
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,6 +48,13 @@ class RunningServer:
         session.verify = str(self.certs.ca_cert)
         return session
 
+    def workers(self) -> list[int]:
+        """The worker processes' pids (the master's children)."""
+        return children(self.process.pid)
+
+    def log_lines(self) -> list[str]:
+        return self.log_file.read_text().splitlines()
+
     def revisions(self, asks: int = 6) -> set[str]:
         """Policy revisions answered on ``asks`` new connections, so every worker is asked
         (a kept-alive connection always reaches the same worker)."""
@@ -61,8 +69,11 @@ class RunningServer:
         """Seconds until every worker serves policy ``revision``."""
         started = time.monotonic()
         while time.monotonic() - started < timeout:
-            if self.revisions() == {revision}:
-                return time.monotonic() - started
+            try:
+                if self.revisions() == {revision}:
+                    return time.monotonic() - started
+            except requests.RequestException:  # a busy host: ask again
+                pass
             time.sleep(0.05)
         raise TimeoutError(f"policy revision {revision} not in force after {timeout:.0f} s")
 
@@ -90,8 +101,12 @@ def start_server(
     certs: CertPaths | None = None,
     ready_timeout: float = 30.0,
     shutdown_delay: float = 0.0,
+    repo: Path = REPO,
 ) -> RunningServer:
-    """Start the webhook on 127.0.0.1 and wait until it answers ``/readyz`` over TLS."""
+    """Start the webhook on 127.0.0.1 and wait until it answers ``/readyz`` over TLS.
+
+    ``repo``: the source tree to run (another checkout, e.g. to benchmark an older design).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     if certs is None:
         names = [*service_dns_names("spotguard", "spotguard-system"), "localhost"]
@@ -105,20 +120,30 @@ def start_server(
     ]  # fmt: skip
     with log_file.open("ab") as log:
         process = subprocess.Popen(
-            command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=repo, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     server = RunningServer(f"https://127.0.0.1:{port}", port, certs, process, log_file)
-    deadline = time.monotonic() + ready_timeout
+    try:
+        _wait_ready(server, ready_timeout)
+    except BaseException:
+        server.stop()  # never leave a server behind a failed start
+        raise
+    return server
+
+
+def _wait_ready(server: RunningServer, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
     with server.session() as session:
         while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"webhook exited early; log {log_file}:\n{log_file.read_text()}")
+            if server.process.poll() is not None:
+                log = server.log_file
+                raise RuntimeError(f"webhook exited early; log {log}:\n{log.read_text()}")
             try:
                 if session.get(server.url + "/readyz", timeout=1).status_code == 200:
-                    return server
+                    return
             except (requests.ConnectionError, requests.Timeout):
-                # Not listening yet, or too busy starting to finish a TLS handshake within
-                # the second (a loaded CI machine): ask again until ready_timeout.
+                # Not listening yet; workers accept only once their watch caches synced
+                # (until then a connection waits in the kernel's queue); or a loaded
+                # machine did not finish the TLS handshake within the second: ask again.
                 time.sleep(0.1)
-    server.stop()
-    raise RuntimeError(f"webhook not ready in {ready_timeout:.0f} s; log {log_file}")
+    raise RuntimeError(f"webhook not ready in {timeout:.0f} s; log {server.log_file}")

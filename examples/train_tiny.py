@@ -6,14 +6,19 @@ the contract tests run as a real process; it also shows the helper's use without
 
     PYTHONPATH=trainer SPOTGUARD_CHECKPOINT_DIR=/tmp/ckpt python examples/train_tiny.py
 
-Each completed step, save, resume and exit is a line in ``--log``. Test-only flags make
-it hang (stop polling, like a stuck collective) or write a checkpoint slowly.
+Each completed step, save, resume and exit is a line in ``--log``; the helper's own
+messages (request seen, checkpoint saved, request acknowledged) go to stderr. Flags for
+tests and the preemption drill (``make drill``) make it misbehave as real trainers do:
+``--ignore-hook`` (it only handles SIGTERM), ``--hang-in-final-save`` (the save a
+preemption asks for never finishes), ``--hang-after`` (a stuck step that stops polling),
+``--slow-save-at`` (one slow save).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -47,6 +52,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--every-seconds", type=float, default=0.0, help="periodic checkpoints")
     parser.add_argument("--keep", type=int, default=3, help="checkpoints kept")
     parser.add_argument("--log", default="-", help="event log file ('-': stdout)")
+    parser.add_argument(
+        "--ignore-hook",
+        action="store_true",
+        help="do not announce to the preStop hook: save on SIGTERM only",
+    )
+    parser.add_argument(
+        "--hang-in-final-save",
+        action="store_true",
+        help="the preemption's save never finishes (SIGKILL ends it)",
+    )
     parser.add_argument("--hang-after", type=int, default=None, help="test: hang at step N")
     parser.add_argument("--slow-save-at", type=int, default=None, help="test: slow save at N")
     parser.add_argument("--slow-save-seconds", type=float, default=30.0)
@@ -61,12 +76,15 @@ def main(argv: list[str] | None = None) -> int:
         log.write(text + "\n")
         log.flush()
 
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     ckpt = Checkpointer.from_env(
         default_directory="./checkpoints",
         every_steps=args.every_steps,
         every_seconds=args.every_seconds,
         keep=args.keep,
+        listen=False,
     )
+    ckpt.listen(announce=not args.ignore_hook)
     latest = ckpt.resume()
     if latest is None:
         state = State()
@@ -78,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     def save(reason: str) -> None:
         payload = json.dumps(asdict(state)).encode()
         slow = args.slow_save_at == state.step
+        hang = args.hang_in_final_save and reason == "preempted"
 
         def write(file: BinaryIO) -> None:
             file.write(payload[: len(payload) // 2])
@@ -85,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
                 file.flush()
                 event(f"slow-save {state.step}")
                 time.sleep(args.slow_save_seconds)
+            while hang:  # a stuck write (a lost storage server, say): SIGKILL ends it
+                event(f"hang-in-save {state.step}")
+                time.sleep(3600)
             file.write(payload[len(payload) // 2 :])
 
         ckpt.save(state.step, write)

@@ -5,18 +5,22 @@ the kubelet runs it: a process with the container's env, SIGTERM to the trainer 
 the hook has returned, SIGKILL when the grace period is over. The trainer is
 ``examples/train_tiny.py`` (plain Python); it logs every completed step, so a lost step
 shows as a gap between the first run's log and the resumed run's.
+
+The hook runs under every shell users' images have (dash, busybox, bash, and whatever
+``/bin/sh`` is here): `make host-packages` installs them, so in CI no shell case skips.
+What the hook does under each shell and each set of tools is stated once, in
+tests/hook_behaviour.py.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +30,8 @@ from devtools.reviews import training_pod
 from policies.decisions import PodContext
 from policies.loader import default_policy
 from policies.mutate import mutate_pod
+from tests.hook_behaviour import Behaviour, HookResult, HookRunner, Tools, check_behaviour
+from tests.hook_shells import NAMED_SHELLS, SHELLS, TOOLBOX_TOOLS, Shell, toolbox
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "examples" / "train_tiny.py"
@@ -53,25 +59,10 @@ def injected_hook() -> list[str]:
     return [str(part) for part in command]
 
 
-def _shells() -> list[object]:
-    busybox = shutil.which("busybox")
-    return [
-        pytest.param("injected", id="injected-bin-sh"),
-        pytest.param(
-            "busybox",
-            id="busybox-sh",
-            marks=pytest.mark.skipif(busybox is None, reason="busybox is not installed"),
-        ),
-    ]
-
-
-def hook_argv(shell: str) -> list[str]:
+def hook_argv(shell: Shell) -> list[str]:
     command = injected_hook()
-    if shell == "busybox":
-        busybox = shutil.which("busybox")
-        assert busybox is not None
-        return [busybox, "sh", *command[1:]]
-    return command
+    assert command[0] == "/bin/sh"
+    return [*shell.argv, *command[1:]]
 
 
 @dataclass
@@ -157,6 +148,19 @@ class Pod:
         )
         return completed.returncode, time.monotonic() - started
 
+    def hook_runner(self, shell: Shell) -> HookRunner:
+        """Runs the injected hook under ``shell`` with the container's env (plus overrides)."""
+
+        def run(extra: Mapping[str, str]) -> HookResult:
+            started = time.time()
+            completed = subprocess.run(
+                hook_argv(shell), env=self.env(**extra), cwd="/", stdin=subprocess.DEVNULL,
+                capture_output=True, timeout=TIMEOUT + RESERVE + 5, check=False,
+            )  # fmt: skip
+            return HookResult(completed.returncode, started, time.time())
+
+        return run
+
     def terminate(self, process: subprocess.Popen[bytes], budget: float) -> int | None:
         """SIGTERM, then the exit status if the process ends within ``budget`` seconds."""
         process.send_signal(signal.SIGTERM)
@@ -232,8 +236,8 @@ def assert_contiguous(numbers: list[int], first: int, last: int) -> None:
     assert numbers == list(range(first, last + 1)), f"expected {first}..{last}: {numbers}"
 
 
-@pytest.mark.parametrize("shell", _shells())
-def test_prestop_then_sigterm_loses_no_step(pod: Pod, shell: str, reference: str) -> None:
+@pytest.mark.parametrize("shell", SHELLS)
+def test_prestop_then_sigterm_loses_no_step(pod: Pod, shell: Shell, reference: str) -> None:
     trainer = pod.start(
         1, "--steps", str(TOTAL), "--step-seconds", STEP_SECONDS, "--every-steps", "10"
     )
@@ -265,6 +269,50 @@ def test_prestop_then_sigterm_loses_no_step(pod: Pod, shell: str, reference: str
     assert resumed[0] == f"resume {done[-1]}"
     assert_contiguous(steps(resumed), done[-1] + 1, TOTAL)
     assert final_weights(resumed) == reference
+
+
+def test_a_trainer_that_ignores_the_hook_saves_on_sigterm(pod: Pod, reference: str) -> None:
+    """train_tiny --ignore-hook: no listener, so the hook returns at once; SIGTERM saves."""
+    trainer = pod.start(
+        1, "--steps", str(TOTAL), "--step-seconds", STEP_SECONDS, "--every-steps", "50",
+        "--ignore-hook",
+    )  # fmt: skip
+    pod.wait_for(1, "step 8")
+    assert not (pod.checkpoints / ".spotguard-trainer").exists()
+    status, took = pod.run_hook(injected_hook())
+    assert (status, took < 0.5) == (0, True)
+    assert not (pod.checkpoints / ".spotguard-preempt").exists()
+    assert pod.terminate(trainer, RESERVE) == 143, pod.stderr(1)
+    first = pod.events(1)
+    assert saves(first) == [(steps(first)[-1], "preempted")]
+    second = pod.start(2, "--steps", str(TOTAL))
+    assert pod.finish(second) == 0, pod.stderr(2)
+    assert pod.events(2)[0] == f"resume {steps(first)[-1]}"
+    assert final_weights(pod.events(2)) == reference
+
+
+def test_a_trainer_hung_in_its_final_save_resumes_from_the_periodic_one(pod: Pod) -> None:
+    """train_tiny --hang-in-final-save: no ack, SIGTERM does not end it, SIGKILL does."""
+    trainer = pod.start(
+        1, "--steps", str(TOTAL), "--step-seconds", STEP_SECONDS, "--every-steps", "5",
+        "--hang-in-final-save",
+    )  # fmt: skip
+    pod.wait_for(1, "step 12")
+    status, took = pod.run_hook(injected_hook(), SPOTGUARD_PRESTOP_TIMEOUT_SECONDS="2")
+    assert status == 0
+    assert 1 <= took <= 2.5, f"hook took {took:.2f}s"
+    pod.wait_for(1, r"hang-in-save \d+")
+    assert not (pod.checkpoints / ".spotguard-ack").exists()
+    assert pod.terminate(trainer, RESERVE) is None  # still stuck at the end of the grace
+    trainer.kill()
+    trainer.wait()
+    first = pod.events(1)
+    periodic = [step for step, reason in saves(first) if reason == "periodic"]
+    second = pod.start(2, "--steps", "30")
+    assert pod.finish(second) == 0, pod.stderr(2)
+    resumed = int(pod.events(2)[0].split()[1])
+    assert resumed == periodic[-1]
+    assert 0 <= steps(first)[-1] - resumed <= 5
 
 
 def test_hung_trainer_does_not_hold_the_hook(pod: Pod) -> None:
@@ -365,34 +413,53 @@ def test_sigterm_without_prestop_saves_once_and_exits(pod: Pod, reference: str) 
     assert final_weights(pod.events(2)) == reference
 
 
-@pytest.mark.parametrize("shell", _shells())
-def test_hook_without_sleep_or_date_returns_at_once(pod: Pod, shell: str, tmp_path: Path) -> None:
-    """Only shell builtins: the request is written, the trainer finishes on SIGTERM."""
-    trainer = pod.start(1, "--steps", str(TOTAL), "--step-seconds", STEP_SECONDS)
-    pod.wait_for(1, "step 5")
+@pytest.mark.parametrize("behaviour", list(Behaviour), ids=lambda b: b.name.lower())
+@pytest.mark.parametrize("shell", SHELLS)
+def test_hook_behaviour_under_every_shell(pod: Pod, shell: Shell, behaviour: Behaviour) -> None:
+    """Request, wait, ack, timeout, no-op, exit 0: the same under every shell."""
+    assert shell.tools(os.environ["PATH"]) is Tools.FULL
+    check_behaviour(behaviour, pod.hook_runner(shell), pod.checkpoints, HOST, Tools.FULL)
+
+
+@pytest.mark.parametrize("behaviour", [Behaviour.ACK, Behaviour.TIMEOUT], ids=["ack", "timeout"])
+@pytest.mark.parametrize("box", list(TOOLBOX_TOOLS))
+@pytest.mark.parametrize("shell", NAMED_SHELLS)
+def test_hook_uses_date_and_sleep_when_the_shell_can_run_them(
+    pod: Pod, shell: Shell, box: str, behaviour: Behaviour, tmp_path: Path
+) -> None:
+    """PATH holds only some tools: the hook does what the shell can still run.
+
+    dash and bash with an empty PATH really lack `date` and `sleep` (the request goes
+    out without a deadline and the hook returns at once); busybox's shell still runs its
+    applets, so under busybox the hook keeps its deadline and its polling.
+    """
+    path = str(toolbox(tmp_path, box))
+    tools = shell.tools(path)
+    applets = shell.name == "busybox-sh"
+    assert tools is (Tools.FULL if applets else TOOLBOX_TOOLS[box]), tools
+    run = pod.hook_runner(shell)
+    check_behaviour(behaviour, run, pod.checkpoints, HOST, tools, env={"PATH": path})
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_real_trainer_with_an_empty_path(pod: Pod, shell: Shell, tmp_path: Path) -> None:
+    """No PATH at all: the request still reaches the real trainer, which saves once."""
     bare = tmp_path / "empty-path"
     bare.mkdir()
+    tools = shell.tools(str(bare))
+    trainer = pod.start(1, "--steps", str(TOTAL), "--step-seconds", STEP_SECONDS)
+    pod.wait_for(1, "step 5")
 
     status, took = pod.run_hook(hook_argv(shell), PATH=str(bare))
     assert status == 0
-    assert took < 0.5
+    assert took < 1.0
     request = (pod.checkpoints / ".spotguard-preempt").read_text()
-    assert "\ndeadline=\n" in request  # no date: no deadline
-
-    pod.wait_for(1, r"save \d+ preempted")  # the trainer still honours the request
+    assert ("\ndeadline=\n" in request) is not tools.has_date, (tools, request)
+    pod.wait_for(1, r"save \d+ preempted")  # honoured, with or without a deadline
+    assert (pod.checkpoints / ".spotguard-ack").exists() or not tools.waits
     assert pod.terminate(trainer, RESERVE) == 143, pod.stderr(1)
     first = pod.events(1)
     assert saves(first) == [(steps(first)[-1], "preempted")]
-
-
-@pytest.mark.parametrize("shell", _shells())
-def test_hook_is_a_no_op_without_a_listening_trainer(pod: Pod, shell: str) -> None:
-    """A trainer that only handles SIGTERM keeps the whole grace period for it."""
-    pod.checkpoints.mkdir()
-    status, took = pod.run_hook(hook_argv(shell))
-    assert status == 0
-    assert took < 0.5
-    assert list(pod.checkpoints.iterdir()) == []
 
 
 def test_hook_survives_a_missing_directory_and_a_bad_timeout(pod: Pod) -> None:

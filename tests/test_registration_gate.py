@@ -3,10 +3,10 @@ while a covered policy is in force, and let in once the registration covers them
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from flask.testing import FlaskClient
-from kubernetes.client import ApiClient
 
 from policies.loader import parse_policy_text
 from webhook.app import WebhookSettings, create_app
@@ -20,23 +20,28 @@ AKS = "spotNodes: {presets: [aks]}\n"
 CUSTOM = "spotNodes: {presets: [aks], labels: [{key: pool, values: [cheap]}]}\n"
 
 
+class _Response:
+    def __init__(self, items: list[Any]) -> None:
+        self.data = json.dumps({"items": items}).encode()
+
+
 class Api:
-    """The two reads the watch makes at start, from a dict of configurations."""
+    """The two listings the watch makes at start, from a dict of configurations."""
 
     def __init__(self, configs: dict[str, Any]) -> None:
         self.configs = configs
 
-    def read_mutating_webhook_configuration(self, name: str) -> Any:
-        return self.configs["mutating"]
+    def list_mutating_webhook_configuration(self, **_: Any) -> _Response:
+        return _Response([self.configs["mutating"]])
 
-    def read_validating_webhook_configuration(self, name: str) -> Any:
-        return self.configs["validating"]
+    def list_validating_webhook_configuration(self, **_: Any) -> _Response:
+        return _Response([self.configs["validating"]])
 
 
 def _watch(store: PolicyStore, policy_text: str) -> tuple[RegistrationWatch, Api]:
     mutating, validating = render(parse_policy_text(policy_text))
     api = Api({"mutating": mutating, "validating": validating})
-    watch = RegistrationWatch("spotguard", store, api, ApiClient())
+    watch = RegistrationWatch("spotguard", store, api)
     watch.load_initial()
     return watch, api
 

@@ -214,6 +214,24 @@ def test_an_incomplete_request_is_reread(tmp_path: Path, monkeypatch: pytest.Mon
     assert ckpt.request.id == "late"
 
 
+def test_a_request_written_line_by_line_is_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bash's printf writes one line at a time: a first line alone is not the request."""
+    ckpt = make(tmp_path)
+    path = tmp_path / REQUEST_FILE
+    lines = iter(["id=bash.7.100\ndeadline=130\n", "id=bash.7.100\ndeadline=130\nhost=trainer-0\n"])
+    path.write_text("id=bash.7.100\n")
+
+    def next_line_meanwhile(seconds: float) -> None:
+        path.write_text(next(lines))
+
+    monkeypatch.setattr(time, "sleep", next_line_meanwhile)
+    assert ckpt.poll(force=True)
+    assert ckpt.request is not None
+    assert (ckpt.request.deadline, ckpt.request.host) == (130.0, "trainer-0")
+
+
 @pytest.mark.parametrize(
     ("case", "stale"),
     [("acknowledged", True), ("expired", True), ("no date, old", True), ("current", False)],
@@ -285,6 +303,20 @@ def test_sigterm_only_sets_a_flag_then_one_save_and_exit(tmp_path: Path) -> None
     started = time.monotonic()
     assert ckpt.finish() == PREEMPTED_EXIT_CODE
     assert time.monotonic() - started < 0.1  # SIGTERM already here: nothing to wait for
+
+
+def test_a_trainer_that_does_not_announce_itself_saves_on_sigterm(tmp_path: Path) -> None:
+    """announce=False: no listener file (the hook leaves it alone), SIGTERM still saves."""
+    ckpt = make(tmp_path, every_steps=100)
+    ckpt.listen(announce=False)
+    assert not (tmp_path / LISTENER_FILE).exists()
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.01)
+    assert ckpt.should_checkpoint(7)
+    ckpt.save(7, b"7")
+    assert ckpt.should_stop()
+    assert ckpt.finish() == PREEMPTED_EXIT_CODE
+    assert [c.step for c in ckpt.checkpoints()] == [7]
 
 
 def test_finish_waits_for_the_sigterm_that_follows_the_hook(tmp_path: Path) -> None:

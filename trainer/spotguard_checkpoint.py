@@ -173,9 +173,11 @@ class Checkpointer:
 
     # -- startup -------------------------------------------------------------------------
 
-    def listen(self, *, handle_sigterm: bool = True) -> None:
+    def listen(self, *, handle_sigterm: bool = True, announce: bool = True) -> None:
         """Start honouring the contract: SIGTERM flag, stale-file cleanup, listener file.
 
+        With ``announce=False`` no listener file is written: the preStop hook then returns
+        at once and the trainer saves on SIGTERM alone, with the whole grace period.
         Call it from the main thread (Python delivers signals there only).
         """
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -183,9 +185,10 @@ class Checkpointer:
             signal.signal(signal.SIGTERM, self._on_sigterm)
         self._forget_stale_request()
         self._remove_abandoned_temp_files()
-        content = f"{self.host}\npid={self._pid}\nversion={PROTOCOL_VERSION}\n"
-        self._write_atomically(LISTENER_FILE, content.encode())
-        self._listening = True
+        if announce:
+            content = f"{self.host}\npid={self._pid}\nversion={PROTOCOL_VERSION}\n"
+            self._write_atomically(LISTENER_FILE, content.encode())
+            self._listening = True
 
     def resume(self) -> Checkpoint | None:
         """The checkpoint to resume from (``SPOTGUARD_RESUME``: latest or none), or None."""
@@ -357,13 +360,15 @@ class Checkpointer:
     def _read_request(self) -> PreemptionRequest | None:
         path = self.directory / REQUEST_FILE
         text = ""
-        for _ in range(5):  # the hook writes it in one write(2); an empty read is a race
+        # The shell creates the file, then printf fills it: in one write(2) under dash and
+        # busybox, one write per line under bash. Complete once the last line (host=) is in.
+        for _ in range(5):
             try:
                 text = path.read_text("utf-8", errors="replace")
                 written = path.stat().st_mtime
             except OSError:
                 return None
-            if text.endswith("\n") and "id=" in text:
+            if text.endswith("\n") and "\nhost=" in text:
                 break
             time.sleep(0.01)
         fields: dict[str, str] = {}

@@ -30,11 +30,22 @@ log = logging.getLogger("spotguard.review")
 #: review carries two of them, so 8 MiB admits every real review and bounds memory.
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 
+
+def body_limit_message(limit: int) -> str:
+    """The size-limit error, the same whether the app or the connection reading the body
+    (webhook.connection) finds the body too large."""
+    return f"request body exceeds the {limit}-byte limit"
+
+
 Handler = Callable[[Review, Policy], tuple[AdmissionResponse, Outcome]]
 
 
 def _never() -> bool:
     return False
+
+
+def _all_synced() -> tuple[str, ...]:
+    return ()
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,8 @@ class WebhookSettings:
     draining: Callable[[], bool] = _never
     #: Node labels and Binding pods for the rules; nothing is known without cluster access.
     cluster: ClusterAccess = NO_CLUSTER
+    #: Names of the cluster caches not synced yet; readiness fails while there are any.
+    unsynced_caches: Callable[[], tuple[str, ...]] = _all_synced
 
 
 def _json(body: object, status: int = 200) -> tuple[Response, int]:
@@ -125,9 +138,18 @@ def create_app(settings: WebhookSettings) -> Flask:
     def readyz() -> tuple[Response, int]:
         state = policies.snapshot()
         draining = settings.draining()
-        ready = state.policy is not None and not draining
+        unsynced = settings.unsynced_caches()
+        if draining:
+            status = "draining"
+        elif state.policy is None:
+            status = "no policy loaded"
+        elif unsynced:
+            status = "cluster caches not synced yet: " + ", ".join(unsynced)
+        else:
+            status = "ready"
         body = {
-            "status": "ready" if ready else ("draining" if draining else "no policy loaded"),
+            "status": status,
+            "clusterCachesUnsynced": list(unsynced),
             "policyRevision": state.policy.revision if state.policy else None,
             "policySource": state.source,
             "policyStale": state.stale,
@@ -139,11 +161,11 @@ def create_app(settings: WebhookSettings) -> Flask:
             else not state.registration,
             "registrationProblems": list(state.registration or ()),
         }
-        return _json(body, 200 if ready else 503)
+        return _json(body, 200 if status == "ready" else 503)
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_: RequestEntityTooLarge) -> tuple[Response, int]:
-        return _error(400, f"request body exceeds the {settings.max_body_bytes}-byte limit")
+        return _error(400, body_limit_message(settings.max_body_bytes))
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> tuple[Response, int]:

@@ -11,6 +11,7 @@ import argparse
 import base64
 import importlib.metadata
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -30,16 +31,17 @@ from policies.model import Mode, Policy
 from policies.mutate import describe_changes, mutate_pod
 from policies.patch import make_patch
 from policies.validate import validate_pod
-from webhook.cluster import ClusterAccess, KubeCluster
+from webhook.cluster import KubeCluster, WatchedCluster
 from webhook.logs import configure
 from webhook.metrics import MULTIPROC_ENV
 from webhook.policy_sources import ConfigMapPolicySource, FilePolicySource
 from webhook.policy_store import PolicyState, PolicyStore
 from webhook.registration import Endpoint, registration_header, render
 from webhook.registration_watch import RegistrationWatch, Sources
-from webhook.server import PolicySource, ServerOptions, WebhookServer
+from webhook.server import DEFAULT_MAX_CONNECTIONS, PolicySource, ServerOptions, WebhookServer
 
 EXIT_OK, EXIT_DENIED, EXIT_ERROR = 0, 1, 2
+serve_log = logging.getLogger("spotguard.serve")
 
 
 class CLIError(Exception):
@@ -200,9 +202,7 @@ def _registration_watch(args: argparse.Namespace, store: PolicyStore) -> Registr
     from kubernetes import client  # noqa: PLC0415
 
     _load_kube_config(args.kubeconfig)
-    watch = RegistrationWatch(
-        args.webhook_config, store, client.AdmissionregistrationV1Api(), client.ApiClient()
-    )
+    watch = RegistrationWatch(args.webhook_config, store, client.AdmissionregistrationV1Api())
     watch.load_initial()
     return watch
 
@@ -245,17 +245,18 @@ def cmd_certs_ensure(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cluster_factory(args: argparse.Namespace) -> Callable[[], ClusterAccess] | None:
-    """With cluster access (a ConfigMap policy, or --kubeconfig), each worker watches nodes."""
+def _cluster_factory(args: argparse.Namespace) -> Callable[[], WatchedCluster] | None:
+    """With cluster access (a ConfigMap policy, or --kubeconfig), each worker keeps watch
+    caches of nodes, volumes, claims, pending pods and DaemonSets."""
     if not (args.policy_configmap or args.kubeconfig):
         return None
     kubeconfig = args.kubeconfig
 
-    def build() -> ClusterAccess:
+    def build() -> WatchedCluster:
         from kubernetes import client  # noqa: PLC0415
 
         _load_kube_config(kubeconfig)
-        cluster = KubeCluster(client.CoreV1Api())
+        cluster = KubeCluster(client.CoreV1Api(), client.AppsV1Api())
         cluster.start()
         return cluster
 
@@ -278,31 +279,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cert_dir = Path(tempfile.mkdtemp(prefix="spotguard-certs-"))
         names = [*service_dns_names("spotguard", args.namespace), "localhost"]
         generate_pair(cert_dir, names, ["127.0.0.1"])
-        print(
-            f"spotguard: no --cert-dir given, serving with a throwaway CA and certificate "
-            f"in {cert_dir} (register its ca.crt as the webhooks' caBundle, or pass --cert-dir)",
-            file=sys.stderr,
+        serve_log.warning(
+            "no --cert-dir given, serving with a throwaway CA and certificate in %s "
+            "(register its ca.crt as the webhooks' caBundle, or pass --cert-dir)",
+            cert_dir,
         )
     for name in ("tls.crt", "tls.key"):
         if not (cert_dir / name).is_file():
             raise CLIError(f"{cert_dir / name}: not found (expected tls.crt and tls.key)")
     state = store.snapshot()
     revision = state.policy.revision if state.policy else "none yet"
-    print(f"spotguard: policy {revision} from {state.source}", file=sys.stderr)
+    serve_log.info("policy %s from %s", revision, state.source)
     options = ServerOptions(
         bind=args.bind,
         cert_file=cert_dir / "tls.crt",
         key_file=cert_dir / "tls.key",
         runtime_dir=runtime_dir,
         workers=args.workers,
-        threads=args.threads,
+        max_connections=args.max_connections,
         shutdown_delay=args.shutdown_delay,
         metrics_bind=args.metrics_bind,
         log_level=args.log_level.lower(),
-        worker_class=args.worker_class,
         cluster_factory=_cluster_factory(args),
     )
-    WebhookServer(options, store, source).run()
+    try:
+        server = WebhookServer(options, store, source)
+    except (OSError, ValueError) as error:  # the address is taken, or not an address
+        raise CLIError(f"cannot listen on {args.bind}: {error}") from None
+    server.run()
     return EXIT_OK
 
 
@@ -334,7 +338,8 @@ def _add_serve_command(commands: Any, policy_help: str) -> None:
     serve.add_argument(
         "--kubeconfig",
         type=Path,
-        help="kubeconfig for the ConfigMap watch (default: in-cluster config)",
+        help="kubeconfig for the ConfigMap watch and the cluster caches (default: in-cluster "
+        "config)",
     )
     serve.add_argument(
         "--webhook-config",
@@ -369,14 +374,11 @@ def _add_serve_command(commands: Any, policy_help: str) -> None:
         "--workers", type=int, default=2, help="worker processes (default %(default)s)"
     )
     serve.add_argument(
-        "--threads", type=int, default=4, help="threads per gthread worker (default %(default)s)"
-    )
-    serve.add_argument(
-        "--worker-class",
-        choices=["gthread", "gevent"],
-        default="gthread",
-        help="gunicorn worker type; both keep connections alive (default %(default)s; "
-        "gevent needs the gevent package: pip install spotguard[gevent])",
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help="open connections per worker; past it the longest-idle connection is closed "
+        "(default %(default)s)",
     )
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     serve.set_defaults(handler=cmd_serve)

@@ -32,6 +32,11 @@ class Metrics:
     policy_stale: Any
     registration_covers: Any
     certificate_expiry: Any
+    connections_open: Any
+    connections_closed: Any
+    connections_lost: Any
+    requests_lost: Any
+    cache_relists: Any
     registry: Any
 
     @classmethod
@@ -90,6 +95,37 @@ class Metrics:
                 "spotguard_certificate_expiry_timestamp_seconds",
                 "When the serving certificate in use expires (Unix time).",
                 multiprocess_mode="livemax",
+                **kwargs,
+            ),
+            connections_open=Gauge(
+                "spotguard_connections_open",
+                "Client connections open (including those still in their TLS handshake).",
+                multiprocess_mode="livesum",
+                **kwargs,
+            ),
+            connections_closed=Counter(
+                "spotguard_connections_closed",
+                "Client connections closed, by reason (client_closed, served, idle_timeout, "
+                "handshake_timeout, header_timeout, body_timeout, body_too_large, "
+                "evicted_at_cap, refused_at_cap, worker_stopping, ...).",
+                ["reason"],
+                **kwargs,
+            ),
+            connections_lost=Counter(
+                "spotguard_worker_connections_lost",
+                "Connections open in a worker that died without finishing (SIGKILL, crash, "
+                "timeout): each was reset.",
+                **kwargs,
+            ),
+            requests_lost=Counter(
+                "spotguard_worker_requests_lost",
+                "Requests under way in a worker that died without finishing: never answered.",
+                **kwargs,
+            ),
+            cache_relists=Counter(
+                "spotguard_cache_relists",
+                "Full relists of a watch cache, by resource (the first listing included).",
+                ["resource"],
                 **kwargs,
             ),
             registry=registry,

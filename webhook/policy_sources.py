@@ -6,6 +6,7 @@ one. Both run in one background thread of the gunicorn master (see policy_publis
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from datetime import UTC, datetime
@@ -95,14 +96,14 @@ class ConfigMapPolicySource:
     def description(self) -> str:
         return f"configmap {self._namespace}/{self._name}"
 
-    def apply(self, configmap: Any) -> None:
-        """Load one ConfigMap revision (a V1ConfigMap from the client)."""
-        version = configmap.metadata.resource_version
+    def apply(self, configmap: dict[str, Any]) -> None:
+        """Load one ConfigMap revision (the object as the API serves it, as JSON)."""
+        version = (configmap.get("metadata") or {}).get("resourceVersion")
         if version == self._last_version:
             return
         self._last_version = version
         source = f"{self.description} (resourceVersion {version})"
-        text = (configmap.data or {}).get(self._key)
+        text = (configmap.get("data") or {}).get(self._key)
         if text is None:
             problems = [f"(document): the ConfigMap has no key {self._key!r}"]
             self._store.refuse(problems, source)
@@ -116,7 +117,10 @@ class ConfigMapPolicySource:
         from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
 
         try:
-            self.apply(self._api.read_namespaced_config_map(self._name, self._namespace))
+            response = self._api.read_namespaced_config_map(
+                self._name, self._namespace, _preload_content=False
+            )
+            self.apply(json.loads(response.data))
         except ApiException as error:
             log.error("cannot read %s: %s %s", self.description, error.status, error.reason)
 
@@ -126,17 +130,25 @@ class ConfigMapPolicySource:
     def stop(self) -> None:
         self._stop.set()
 
-    def _run(self) -> None:
-        def on_event(kind: str, configmap: Any) -> None:
-            if kind in ("ADDED", "MODIFIED"):
-                self.apply(configmap)
-            elif kind == "DELETED":
-                log.warning("%s deleted; keeping the policy in force", self.description)
+    # The watch's target (webhook.kube_watch.WatchTarget): a listing holds this ConfigMap
+    # or nothing; an event is a revision of it.
+    def replace(self, items: list[dict[str, Any]]) -> None:
+        if items:
+            self.apply(items[0])
+        else:
+            log.warning("%s not found; keeping the policy in force", self.description)
 
+    def apply_event(self, kind: str, configmap: dict[str, Any]) -> None:
+        if kind in ("ADDED", "MODIFIED"):
+            self.apply(configmap)
+        elif kind == "DELETED":
+            log.warning("%s deleted; keeping the policy in force", self.description)
+
+    def _run(self) -> None:
         run_watch(
             self.description,
             self._api.list_namespaced_config_map,
-            on_event,
+            _Target(self),
             self._stop,
             namespace=self._namespace,
             field_selector=f"metadata.name={self._name}",
@@ -145,7 +157,8 @@ class ConfigMapPolicySource:
     def _record_refusal(self, configmap: Any, problems: list[str]) -> None:
         from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
 
-        version = configmap.metadata.resource_version
+        metadata = configmap.get("metadata") or {}
+        version = metadata.get("resourceVersion")
         now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         event = {
             "apiVersion": "v1",
@@ -159,7 +172,7 @@ class ConfigMapPolicySource:
                 "kind": "ConfigMap",
                 "name": self._name,
                 "namespace": self._namespace,
-                "uid": configmap.metadata.uid,
+                "uid": metadata.get("uid"),
                 "resourceVersion": version,
             },
             "reason": "PolicyRefused",
@@ -178,3 +191,17 @@ class ConfigMapPolicySource:
                 log.warning(
                     "cannot record the refusal as an Event: %s %s", error.status, error.reason
                 )
+
+
+class _Target:
+    """Adapts the source to the watch loop's ``replace``/``apply`` (its own ``apply``
+    takes one ConfigMap)."""
+
+    def __init__(self, source: ConfigMapPolicySource) -> None:
+        self._source = source
+
+    def replace(self, items: list[dict[str, Any]]) -> None:
+        self._source.replace(items)
+
+    def apply(self, kind: str, obj: dict[str, Any]) -> None:
+        self._source.apply_event(kind, obj)

@@ -18,6 +18,7 @@ ValidatingWebhookConfiguration (by name) and checks them against the policy
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from typing import Any
@@ -33,13 +34,13 @@ KINDS = ("mutating", "validating")
 
 
 class RegistrationWatch:
-    """Both webhook configurations called ``name``, as the API server has them."""
+    """Both webhook configurations called ``name``, as the API server has them (plain JSON,
+    in the API's own field names)."""
 
-    def __init__(self, name: str, store: PolicyStore, api: Any, api_client: Any) -> None:
+    def __init__(self, name: str, store: PolicyStore, api: Any) -> None:
         self._name = name
         self._store = store
         self._api = api
-        self._client = api_client
         self._configs: dict[str, dict[str, Any] | None] = dict.fromkeys(KINDS)
         self._known: set[str] = set()
         self._stop = threading.Event()
@@ -50,36 +51,37 @@ class RegistrationWatch:
             return None
         return coverage_problems(self._configs["mutating"], self._configs["validating"], policy)
 
-    def _function(self, verb: str, kind: str) -> Any:
-        return getattr(self._api, f"{verb}_{kind}_webhook_configuration")
+    def _list_function(self, kind: str) -> Any:
+        return getattr(self._api, f"list_{kind}_webhook_configuration")
 
-    def update(self, kind: str, config: Any) -> None:
+    def update(self, kind: str, config: dict[str, Any] | None) -> None:
         """Take a new state of one configuration (None: it does not exist); tell the store."""
-        self._set(kind, config)
-        self._store.gate_changed()
-
-    def _set(self, kind: str, config: Any) -> None:
-        self._configs[kind] = (
-            None if config is None else self._client.sanitize_for_serialization(config)
-        )
+        self._configs[kind] = config
         self._known.add(kind)
+        self._store.gate_changed()
 
     def load_initial(self) -> None:
         """Read both configurations once and start judging policies by them (call before
-        the first policy loads, so it is judged too)."""
+        the first policy loads, so it is judged too). A list by name, like the watch: the
+        server's RBAC grants list and watch of these two objects, and no get."""
         from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
 
         for kind in KINDS:
             try:
-                self._set(kind, self._function("read", kind)(self._name))
+                response = self._list_function(kind)(
+                    field_selector=f"metadata.name={self._name}",
+                    _preload_content=False,
+                    _request_timeout=(5, 30),
+                )
+                items = json.loads(response.data).get("items") or []
             except ApiException as error:
-                if error.status == 404:
-                    self._set(kind, None)
-                else:
-                    log.warning(
-                        "cannot read %s webhook configuration %s: %s %s",
-                        kind, self._name, error.status, error.reason,
-                    )  # fmt: skip
+                log.warning(
+                    "cannot read %s webhook configuration %s: %s %s",
+                    kind, self._name, error.status, error.reason,
+                )  # fmt: skip
+                continue
+            self._configs[kind] = items[0] if items else None
+            self._known.add(kind)
         self._store.set_gate(self.gate)
 
     def start(self) -> None:
@@ -92,20 +94,27 @@ class RegistrationWatch:
         self._stop.set()
 
     def _run(self, kind: str) -> None:
-        def on_event(event: str, config: Any) -> None:
-            self.update(kind, None if event == "DELETED" else config)
-
-        def on_relist() -> None:
-            self._set(kind, None)  # the listing says whether it exists
-
         run_watch(
             f"{kind} webhook configuration {self._name}",
-            self._function("list", kind),
-            on_event,
+            self._list_function(kind),
+            _Target(self, kind),
             self._stop,
-            on_relist=on_relist,
             field_selector=f"metadata.name={self._name}",
         )
+
+
+class _Target:
+    """A watch target for one configuration: its listing and events, as updates."""
+
+    def __init__(self, watch: RegistrationWatch, kind: str) -> None:
+        self._watch = watch
+        self._kind = kind
+
+    def replace(self, items: list[dict[str, Any]]) -> None:
+        self._watch.update(self._kind, items[0] if items else None)
+
+    def apply(self, kind: str, obj: dict[str, Any]) -> None:
+        self._watch.update(self._kind, None if kind == "DELETED" else obj)
 
 
 class Sources:

@@ -1,21 +1,23 @@
 """The server's TLS context, rebuilt when the certificate files change.
 
-gunicorn asks for an SSLContext for every new connection. Building one means reading and
-parsing the key pair, so it is cached here and rebuilt only when ``tls.crt`` or
+The worker asks for an SSLContext for every new connection. Building one means reading
+and parsing the key pair, so it is cached here and rebuilt only when ``tls.crt`` or
 ``tls.key`` changes on disk (a mounted Secret swaps both at once): a rotated certificate
 is served to the next connection, with no restart. TLS below 1.2 is refused.
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
+
+log = logging.getLogger("spotguard.tls")
 
 #: How often the files are checked, at most (a stat each; connections are long-lived).
 CHECK_INTERVAL_SECONDS = 1.0
@@ -24,24 +26,14 @@ ExpiryListener = Callable[[float], None]
 
 
 class ReloadingContext:
-    """Hands out an SSLContext for the current certificate files.
-
-    ``socket_class``, if given, is the SSLSocket subclass the contexts wrap connections
-    in (gunicorn's gthread worker gets one that bounds its blocking I/O; gevent's worker
-    keeps its own, cooperative, class).
-    """
+    """Hands out an SSLContext for the current certificate files."""
 
     def __init__(
-        self,
-        cert_file: Path,
-        key_file: Path,
-        on_load: ExpiryListener | None = None,
-        socket_class: type[ssl.SSLSocket] | None = None,
+        self, cert_file: Path, key_file: Path, on_load: ExpiryListener | None = None
     ) -> None:
         self._cert = cert_file
         self._key = key_file
         self._on_load = on_load
-        self._socket_class = socket_class
         self._lock = threading.Lock()
         self._stamp: tuple[int, ...] | None = None
         self._context: ssl.SSLContext | None = None
@@ -64,27 +56,25 @@ class ReloadingContext:
             return self._context
         with self._lock:
             self._next_check = now + CHECK_INTERVAL_SECONDS
-            stamp = self._files_stamp()
-            if self._context is None or stamp != self._stamp:
-                self._context = self._build()
-                self._stamp = stamp
+            try:
+                stamp = self._files_stamp()
+                if self._context is None or stamp != self._stamp:
+                    self._context = self._build()
+                    self._stamp = stamp
+            except (OSError, ssl.SSLError, ValueError) as error:
+                if self._context is None:
+                    raise  # nothing to serve with: the caller's problem
+                # Caught between two file writes (a new key beside the old certificate,
+                # say): keep serving the last good pair and look again next second.
+                log.warning("cannot load %s and %s yet (%s); still serving the previous "
+                            "certificate", self._cert, self._key, error)  # fmt: skip
             return self._context
 
     def _build(self) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if self._socket_class is not None:
-            context.sslsocket_class = self._socket_class  # what wrap_socket returns
         context.load_cert_chain(certfile=str(self._cert), keyfile=str(self._key))
         if self._on_load is not None:
             certificate = x509.load_pem_x509_certificate(self._cert.read_bytes())
             self._on_load(certificate.not_valid_after_utc.timestamp())
         return context
-
-    def gunicorn_hook(self) -> Callable[[Any, Any], ssl.SSLContext]:
-        """The ``ssl_context`` setting for gunicorn (its default factory is not used)."""
-
-        def ssl_context(_config: Any, _default_factory: Any) -> ssl.SSLContext:
-            return self.context()
-
-        return ssl_context

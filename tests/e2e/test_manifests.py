@@ -84,17 +84,17 @@ EXPECTED_RULES: dict[tuple[str, str], list[Manifest]] = {
         {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     ],
     ("ClusterRole", "spotguard-cluster-reader"): [
-        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]},
         {
             "apiGroups": [""],
-            "resources": ["pods", "persistentvolumeclaims", "persistentvolumes"],
-            "verbs": ["get"],
+            "resources": ["nodes", "pods", "persistentvolumeclaims", "persistentvolumes"],
+            "verbs": ["list", "watch"],
         },
+        {"apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["list", "watch"]},
         {
             "apiGroups": ["admissionregistration.k8s.io"],
             "resources": ["mutatingwebhookconfigurations", "validatingwebhookconfigurations"],
             "resourceNames": ["spotguard"],
-            "verbs": ["get", "list", "watch"],
+            "verbs": ["list", "watch"],
         },
     ],
     ("Role", "spotguard-certs"): [
@@ -626,8 +626,11 @@ def test_server_identity_can_watch_its_policy_and_record_events(
 
 
 def test_server_identity_is_refused_everything_else(live: Live) -> None:
-    assert live.can(SERVER_SA, "list", "nodes", namespace="default")
-    assert live.can(SERVER_SA, "get", "pods/some-pod", namespace="default")
+    # What the watch caches list and watch (webhook/cluster.py), in every namespace.
+    for resource in ("nodes", "pods", "persistentvolumeclaims", "persistentvolumes"):
+        for verb in ("list", "watch"):
+            assert live.can(SERVER_SA, verb, resource, namespace="default"), (verb, resource)
+    assert live.can(SERVER_SA, "watch", "daemonsets.apps", namespace="default")
     assert live.can(SERVER_SA, "watch", "configmaps/spotguard-policy")
     assert live.can(SERVER_SA, "watch", "validatingwebhookconfigurations/spotguard")
     for verb, resource in [
@@ -639,8 +642,9 @@ def test_server_identity_is_refused_everything_else(live: Live) -> None:
         ("update", "configmaps/spotguard-policy"),
         ("get", "secrets/spotguard-tls"),
         ("get", "nodes/some-node"),
+        ("get", "pods/some-pod"),  # a Binding's pod comes from the cache, not a read
         ("create", "pods"),
-        ("list", "pods"),
+        ("list", "deployments.apps"),
         ("delete", "events"),
     ]:
         assert not live.can(SERVER_SA, verb, resource), f"spotguard may {verb} {resource}"
