@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup host-packages demo demo-helm drill images test lint unit e2e controlplane tools bench soak clean
+.PHONY: setup host-packages demo demo-helm drill images test lint unit e2e controlplane tools bench bench-apiserver soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ test: lint host-packages controlplane tools  ## everything CI runs: lint, unit, 
 
 bench: setup  ## throughput and latency over real gunicorn and TLS: new vs old design, bad clients
 	$(BIN)/python -m benchmarks.bench_webhook
+
+bench-apiserver: controlplane  ## what spotguard costs the API server per pod create, vs none and a MutatingAdmissionPolicy
+	$(BIN)/python -m benchmarks.bench_apiserver
 
 soak: setup  ## 10 minutes of load while certificates, policy and workers change (not in CI)
 	$(BIN)/python -m benchmarks.soak --minutes 10

@@ -576,6 +576,14 @@ class ControlPlane:
 
         return check
 
+    def pid(self, name: str) -> int:
+        """The process id of component ``name`` (etcd, kube-apiserver, ...), for
+        benchmarks that read its CPU time."""
+        for comp in self._components:
+            if comp.name == name:
+                return comp.process.pid
+        raise KeyError(name)
+
     def check_alive(self) -> None:
         """Raise :class:`ControlPlaneError` if a component has exited."""
         for comp in list(self._components):
