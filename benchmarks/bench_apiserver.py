@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -106,6 +107,71 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+#: Where the API server dispatches admission webhooks and admission policies.
+ADMISSION_FRAMES = (
+    "k8s.io/apiserver/pkg/admission/plugin/webhook/generic.(*Webhook).Dispatch",
+    "k8s.io/apiserver/pkg/admission/plugin/policy/generic.(*Plugin[...]).Dispatch",
+    "k8s.io/apiserver/pkg/admission/plugin/policy/generic.(*policyDispatcher[...]).Dispatch",
+)
+
+
+class ApiserverProfile:
+    """A CPU profile of the API server over the middle of a phase (its /debug/pprof,
+    --profiling=true), read with ``go tool pprof``: what share of its CPU went to
+    admission dispatch, a figure a busy host does not move as much as CPU per create."""
+
+    def __init__(self, cluster: ControlPlane, duration: float) -> None:
+        self._cluster = cluster
+        self._seconds = max(1, int(duration) - 1)
+        self._data: bytes | None = None
+        self._thread = threading.Thread(target=self._fetch, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _fetch(self) -> None:
+        time.sleep(0.5)
+        session = requests.Session()
+        session.trust_env = False
+        response = session.get(
+            f"{self._cluster.server}/debug/pprof/profile?seconds={self._seconds}",
+            headers={"Authorization": f"Bearer {self._cluster.token}"},
+            verify=str(self._cluster.ca_file),
+            timeout=self._seconds + 60,
+        )
+        if response.status_code == 200:
+            self._data = response.content
+
+    def admission_share(self) -> float | None:
+        self._thread.join(self._seconds + 90)
+        if not self._data:
+            return None
+        with tempfile.NamedTemporaryFile(suffix=".pb.gz") as handle:
+            handle.write(self._data)
+            handle.flush()
+            top = subprocess.run(
+                ["go", "tool", "pprof", "-top", "-cum", "-nodecount=100000", handle.name],
+                capture_output=True, text=True, check=False,
+            ).stdout  # fmt: skip
+        total = 0.0
+        dispatched = 0.0
+        for line in top.splitlines():
+            if "Total samples =" in line:
+                total = _seconds(line.split("Total samples =")[1].split()[0])
+            fields = line.split()
+            if len(fields) >= 6 and any(frame in line for frame in ADMISSION_FRAMES):
+                dispatched = max(dispatched, _seconds(fields[3]))
+        return dispatched / total if total else None
+
+
+def _seconds(text: str) -> float:
+    """pprof's durations: 1.2s, 340ms, 12us."""
+    for unit, scale in (("ms", 1e-3), ("us", 1e-6), ("µs", 1e-6), ("s", 1.0)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * scale
+    return 0.0
+
+
 @dataclass
 class Phase:
     """One measured phase: the client's figures and the CPU each process spent."""
@@ -117,6 +183,9 @@ class Phase:
     failures: int
     cpu_ms: dict[str, float]  # per create: apiserver, etcd, spotguard
     reviews_per_pod: float
+    #: Share of the API server's CPU samples in webhook and admission-policy dispatch
+    #: (a CPU profile of the phase; None when not profiled).
+    admission_share: float | None = None
 
 
 @dataclass
@@ -141,7 +210,14 @@ class Bench:
 
     def clear(self) -> None:
         """Delete the phase's pods (not measured), so etcd does not grow run by run."""
-        self.cluster.request("DELETE", f"/api/v1/namespaces/{NAMESPACE}/pods")
+        session = requests.Session()
+        session.trust_env = False
+        session.delete(
+            f"{self.cluster.server}/api/v1/namespaces/{NAMESPACE}/pods",
+            headers={"Authorization": f"Bearer {self.cluster.token}"},
+            verify=str(self.cluster.ca_file),
+            timeout=300,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             status, body = self.cluster.request(
@@ -157,8 +233,10 @@ class Bench:
         clients: int,
         server: RunningServer,
         reviews: Callable[[], dict[str, float]],
+        profile: bool = False,
     ) -> Phase:
         self.clear()
+        profiler = ApiserverProfile(self.cluster, self.duration) if profile else None
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
             json.dump(body, handle)
             body_file = Path(handle.name)
@@ -172,8 +250,11 @@ class Bench:
             "-ca", str(self.cluster.ca_file), "-token-file", str(self.token_file),
             "-body", str(body_file), "-c", str(clients), "-d", f"{self.duration}s",
         ]  # fmt: skip
+        if profiler is not None:
+            profiler.start()
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         figures = json.loads(output)
+        admission_share = profiler.admission_share() if profiler is not None else None
         after = {name: process_cpu(pid) for name, pid in pids.items()}
         after_spotguard = sum(server_cpu_seconds(server).values())
         after_reviews = sum(reviews().values())
@@ -189,6 +270,7 @@ class Bench:
             failures=figures["errors"] + figures["unexpected"],
             cpu_ms=cpu,
             reviews_per_pod=(after_reviews - before_reviews) / creates,
+            admission_share=admission_share,
         )
 
     def record(self, key: tuple[str, ...], phase: Phase) -> None:
@@ -226,10 +308,17 @@ def median_phase(phases: list[Phase]) -> Phase:
         failures=sum(p.failures for p in phases),
         cpu_ms={k: med(lambda p, k=k: p.cpu_ms[k]) for k in phases[0].cpu_ms},  # type: ignore[misc]
         reviews_per_pod=med(lambda p: p.reviews_per_pod),
+        admission_share=next(
+            (p.admission_share for p in phases if p.admission_share is not None), None
+        ),
     )
 
 
-def run_policy(bench: Bench, workdir: Path, name: str, text: str, rounds: int) -> None:
+def run_policy(
+    bench: Bench, workdir: Path, name: str, text: str, *, rounds: int, profile: bool
+) -> None:
+    """Every cell (pod kind, clients) under every configuration, the configurations in a
+    rotating order, cell by cell: neighbours in time share the host's load."""
     policy = parse_policy_text(text)
     with spotguard(workdir / name, text) as (server, metrics_url):
         reviews = bench.reviews(metrics_url)
@@ -237,14 +326,16 @@ def run_policy(bench: Bench, workdir: Path, name: str, text: str, rounds: int) -
             bench.cluster, NAMESPACE, server.url, server.ca_file, policy, reviews
         )
         for round_index in range(rounds):
-            order = CONFIGS[round_index % len(CONFIGS) :] + CONFIGS[: round_index % len(CONFIGS)]
-            for config in order:
-                configs.use(config)
-                for kind in KINDS:
-                    for clients in CLIENTS:
-                        phase = bench.measure(pod(kind), clients, server, reviews)
+            shift = round_index % len(CONFIGS)
+            order = CONFIGS[shift:] + CONFIGS[:shift]
+            for kind in KINDS:
+                for clients in CLIENTS:
+                    for config in order:
+                        configs.use(config)
+                        profiled = profile and clients == 8 and round_index == rounds - 1
+                        phase = bench.measure(pod(kind), clients, server, reviews, profiled)
                         bench.record((name, kind, str(clients), config), phase)
-                print(f"  {name} round {round_index + 1}: {config} measured", flush=True)
+            print(f"  {name}: round {round_index + 1} of {rounds} measured", flush=True)
 
 
 def run_patch_size(bench: Bench, workdir: Path, rounds: int) -> None:
@@ -258,9 +349,9 @@ def run_patch_size(bench: Bench, workdir: Path, rounds: int) -> None:
                 bench.cluster, NAMESPACE, server.url, server.ca_file, policy, reviews
             )
             for _ in range(rounds):
-                for config in ("none", "conditions"):
-                    configs.use(config)
-                    for containers in (1, 4):
+                for containers in (1, 4):
+                    for config in ("none", "conditions"):
+                        configs.use(config)
                         phase = bench.measure(pod("training", containers), 8, server, reviews)
                         bench.record(("patch", hook, str(containers), config), phase)
             print(f"  patch size: {hook} measured", flush=True)
@@ -275,62 +366,79 @@ def patch_bytes(text: str, containers: int) -> int:
     return len(json.dumps(make_patch(body, decision.mutated)))
 
 
-def ratio(value: float, base: float) -> str:
-    return f"{value / base:4.2f}x" if base > 0 else "  -  "
+def paired_ratio(bench: Bench, key: tuple[str, ...], get: Callable[[Phase], float]) -> float:
+    """The median over rounds of ``get(phase) / get(baseline phase)``, each phase paired
+    with the ``none`` phase of the same cell and round (neighbours in time)."""
+    base = bench.results[(*key[:-1], "none")]
+    ratios = [
+        get(phase) / get(baseline)
+        for phase, baseline in zip(bench.results[key], base, strict=False)
+        if get(baseline) > 0
+    ]
+    return statistics.median(ratios) if ratios else float("nan")
 
 
 def print_policy_tables(bench: Bench) -> None:
     for name, _, description in POLICIES:
         for kind in KINDS:
-            print(f"\n{name}: {description}; {kind} pods")
+            print(f"\n{name}: {description}; {kind} pods (value, and ratio to none)")
             print(
-                f"  {'config':<11}{'creates/s 1':>12}{'p50 1':>13}{'p99 1':>13}"
-                f"{'creates/s 8':>13}{'p50 8':>13}{'apiserver CPU':>16}{'etcd CPU':>14}"
-                f"{'spotguard CPU':>15}{'calls/pod':>10}"
+                f"  {'config':<11}{'creates/s 1':>13}{'p50 1':>14}{'p99 1':>13}"
+                f"{'creates/s 8':>13}{'p50 8':>14}{'apiserver CPU':>16}{'etcd CPU':>14}"
+                f"{'spotguard CPU':>14}{'calls/pod':>10}{'admission':>10}"
             )
-            base1 = median_phase(bench.results[(name, kind, "1", "none")])
-            base8 = median_phase(bench.results[(name, kind, "8", "none")])
             for config in CONFIGS:
-                one = median_phase(bench.results[(name, kind, "1", config)])
-                eight = median_phase(bench.results[(name, kind, "8", config)])
-                cpu = eight.cpu_ms
-                base_cpu = base8.cpu_ms
+                key1, key8 = (name, kind, "1", config), (name, kind, "8", config)
+                one = median_phase(bench.results[key1])
+                eight = median_phase(bench.results[key8])
+
+                def r1(get: Callable[[Phase], float], key: tuple[str, ...] = key1) -> str:
+                    return f"{paired_ratio(bench, key, get):4.2f}x"
+
+                def r8(get: Callable[[Phase], float], key: tuple[str, ...] = key8) -> str:
+                    return f"{paired_ratio(bench, key, get):4.2f}x"
+
+                share = (
+                    f"{eight.admission_share:9.1%}" if eight.admission_share is not None else "-"
+                )
                 print(
                     f"  {config:<11}"
-                    f"{one.rps:>7.0f} {ratio(one.rps, base1.rps)}"
-                    f"{one.p50_ms:>6.2f}ms {ratio(one.p50_ms, base1.p50_ms)}"
-                    f"{one.p99_ms:>6.1f}ms {ratio(one.p99_ms, base1.p99_ms)}"
-                    f"{eight.rps:>7.0f} {ratio(eight.rps, base8.rps)}"
-                    f"{eight.p50_ms:>6.2f}ms {ratio(eight.p50_ms, base8.p50_ms)}"
-                    f"{cpu['apiserver']:>7.2f}ms {ratio(cpu['apiserver'], base_cpu['apiserver'])}"
-                    f"{cpu['etcd']:>6.2f}ms {ratio(cpu['etcd'], base_cpu['etcd'])}"
-                    f"{cpu['spotguard']:>8.2f}ms {ratio(cpu['spotguard'], base_cpu['apiserver'])}"
-                    f"{one.reviews_per_pod:>10.2f}"
+                    f"{one.rps:>7.0f} {r1(lambda p: p.rps)}"
+                    f"{one.p50_ms:>6.2f}ms {r1(lambda p: p.p50_ms)}"
+                    f"{one.p99_ms:>6.1f}ms {r1(lambda p: p.p99_ms)}"
+                    f"{eight.rps:>7.0f} {r8(lambda p: p.rps)}"
+                    f"{eight.p50_ms:>6.1f}ms {r8(lambda p: p.p50_ms)}"
+                    f"{eight.cpu_ms['apiserver']:>7.2f}ms {r8(lambda p: p.cpu_ms['apiserver'])}"
+                    f"{eight.cpu_ms['etcd']:>6.2f}ms {r8(lambda p: p.cpu_ms['etcd'])}"
+                    f"{eight.cpu_ms['spotguard']:>10.2f}ms"
+                    f"{one.reviews_per_pod:>10.2f}{share:>10}"
                 )
 
 
 def print_targets(bench: Bench) -> None:
-    def get(*key: str) -> Phase:
-        return median_phase(bench.results[key])
+    def cpu(p: Phase) -> float:
+        return p.cpu_ms["apiserver"]
 
-    base8 = get("aks", "ordinary", "8", "none").cpu_ms["apiserver"]
-    cond8 = get("aks", "ordinary", "8", "conditions").cpu_ms["apiserver"]
-    base1 = get("aks", "ordinary", "1", "none").p50_ms
-    cond1 = get("aks", "ordinary", "1", "conditions").p50_ms
-    calls = get("eks", "ordinary", "1", "conditions").reviews_per_pod
-    print("\ntargets (match conditions):")
+    aks_cpu = paired_ratio(bench, ("aks", "ordinary", "8", "conditions"), cpu)
+    aks_p50 = paired_ratio(bench, ("aks", "ordinary", "1", "conditions"), lambda p: p.p50_ms)
+    calls = median_phase(bench.results[("eks", "ordinary", "1", "conditions")]).reviews_per_pod
+    print("\ntargets (spotguard with match conditions; ratios paired by round):")
     print(
-        f"  AKS ordinary pods, API-server CPU per create: {cond8 / base8:.2f}x baseline "
-        f"(target <= 1.10x); p50 with one client {cond1 / base1:.2f}x (target <= 1.20x)"
+        f"  AKS ordinary pods, API-server CPU per create: {aks_cpu:.2f}x baseline "
+        f"(target <= 1.10x); p50 with one client {aks_p50:.2f}x (target <= 1.20x)"
     )
     print(f"  EKS ordinary pods, webhook calls per pod: {calls:.2f} (target <= 1)")
     for name, _, _ in POLICIES:
-        spot = get(name, "training", "8", "conditions").cpu_ms["apiserver"]
-        cel = get(name, "training", "8", "map").cpu_ms["apiserver"]
+        spot = paired_ratio(bench, (name, "training", "8", "conditions"), cpu)
+        cel = paired_ratio(bench, (name, "training", "8", "map"), cpu)
         print(
-            f"  {name.upper()} labelled pods, API-server CPU per create: spotguard {spot:.2f} ms, "
-            f"MutatingAdmissionPolicy {cel:.2f} ms ({spot / cel:.2f}x; target <= 1.00x)"
+            f"  {name.upper()} labelled pods, API-server CPU per create: spotguard {spot:.2f}x "
+            f"baseline, MutatingAdmissionPolicy {cel:.2f}x ({spot / cel:.2f}x; target <= 1.00x)"
         )
+
+
+def ratio(value: float, base: float) -> str:
+    return f"{value / base:4.2f}x" if base > 0 else "  -  "
 
 
 def print_patch_size(bench: Bench) -> None:
@@ -343,12 +451,12 @@ def print_patch_size(bench: Bench) -> None:
     )
     for hook, text in (("inline script", POLICIES[0][1]), ("short command", SHORT_HOOK)):
         for containers in ("1", "4"):
-            with_hook = median_phase(bench.results[("patch", hook, containers, "conditions")])
-            without = median_phase(bench.results[("patch", hook, containers, "none")])
+            key = ("patch", hook, containers, "conditions")
+            with_hook = median_phase(bench.results[key])
+            paired = paired_ratio(bench, key, lambda p: p.cpu_ms["apiserver"])
             print(
                 f"  {hook:<15}{containers:>11}{patch_bytes(text, int(containers)):>13}"
-                f"{with_hook.cpu_ms['apiserver']:>12.2f} ms"
-                f"{ratio(with_hook.cpu_ms['apiserver'], without.cpu_ms['apiserver']):>9}"
+                f"{with_hook.cpu_ms['apiserver']:>12.2f} ms{paired:>8.2f}x"
                 f"{with_hook.cpu_ms['etcd']:>7.2f} ms"
             )
 
@@ -362,6 +470,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per phase")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
     parser.add_argument("--no-patch-size", action="store_true", help="skip the patch-size section")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile the API server in the last round's 8-client phases and print the share "
+        "of its CPU spent dispatching admission (needs go tool pprof)",
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
     apiload = build_apiload()
@@ -371,7 +485,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="spotguard-bench-apiserver-") as tmp:
         workdir = Path(tmp)
-        cluster = ControlPlane(workdir / "plane", controllers=False, scheduler=False, nodes=False)
+        cluster = ControlPlane(
+            workdir / "plane",
+            controllers=False,
+            scheduler=False,
+            nodes=False,
+            extra_apiserver_args=["--profiling=true"] if args.profile else [],
+        )
         cluster.start()
         try:
             cluster.ensure_namespace(NAMESPACE)
@@ -379,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
             token_file.write_text(cluster.token)
             bench = Bench(cluster, apiload, token_file, args.duration)
             for name, text, _ in POLICIES:
-                run_policy(bench, workdir, name, text, args.rounds)
+                run_policy(bench, workdir, name, text, rounds=args.rounds, profile=args.profile)
             if not args.no_patch_size:
                 run_patch_size(bench, workdir, args.rounds)
         finally:
