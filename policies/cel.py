@@ -235,3 +235,40 @@ def bind(value: str, variable: str, body: str) -> str:
 def _hint(key: str) -> str:
     letters = re.sub(r"[^A-Za-z]", "", key)[:1].lower()
     return letters or "v"
+
+
+def selector_matches(
+    labels: str,
+    match_labels: Sequence[tuple[str, str]],
+    match_expressions: Sequence[tuple[str, str, Sequence[str]]],
+) -> str:
+    """``labels`` (an expression denoting a map of strings) matches a Kubernetes label
+    selector: matchLabels and matchExpressions ANDed, with In, NotIn (true where the label
+    is absent), Exists and DoesNotExist. A selector without requirements matches."""
+    parts: list[str] = []
+    for key, value in match_labels:
+        parts.append(
+            all_of(f"{string(key)} in {labels}", f"{field(labels, key)} == {string(value)}")
+        )
+    for key, operator, values in match_expressions:
+        present = f"{string(key)} in {labels}"
+        member = all_of(present, f"{field(labels, key)} in {strings(values)}")
+        parts.append(
+            {
+                "In": member,
+                "NotIn": negate(member),
+                "Exists": present,
+                "DoesNotExist": negate(present),
+            }[operator]
+        )
+    return all_of(*parts)
+
+
+def selector_matches_nothing_set(
+    match_labels: Sequence[tuple[str, str]],
+    match_expressions: Sequence[tuple[str, str, Sequence[str]]],
+) -> bool:
+    """Whether the selector matches an object without labels."""
+    return not match_labels and all(
+        op in ("NotIn", "DoesNotExist") for _, op, _ in match_expressions
+    )
