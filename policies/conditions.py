@@ -5,14 +5,14 @@ conditions the API server evaluates in-process before calling (all must be true)
 
 - pods (:mod:`policies.pod_cel`, typed and cheap): the mutating webhook gets
   fault-tolerant pods, and the others only when some spot node is untainted (or, when
-  every spot node is tainted, those that may tolerate a spot taint); pods with ``spec.nodeName`` are never mutated. The validating webhook gets pods
-  that name a node, tolerate or select spot while they must stay off it, or are
-  fault-tolerant with something to check (a grace period above the notice window, a
-  spotguard annotation, a poor-candidate trait); on UPDATE only pods whose placement
-  fields changed.
-- workloads (:mod:`policies.template_cel`, total over any JSON): the same questions of each
-  pod template, found with the policy's template paths; on UPDATE only when a template's
-  part of the object changed.
+  every spot node is tainted, those that may tolerate a spot taint); pods with
+  ``spec.nodeName`` are never mutated. The validating webhook gets pods that name a node,
+  tolerate or select spot while they must stay off it, or are fault-tolerant with
+  something to check (a grace period above the notice window, a spotguard annotation, a
+  poor-candidate trait); on UPDATE only pods whose placement fields changed.
+- workloads (their own webhook; :mod:`policies.template_cel`, total over any JSON): the
+  same questions of each pod template, found with the policy's template paths; on UPDATE
+  only when a template's part of the object changed.
 - bindings: every binding except those made by the trusted schedulers.
 
 Each condition is an over-approximation: it may send a review that turns out to need
@@ -166,8 +166,18 @@ def mutating_conditions(relevance: Relevance) -> list[MatchCondition]:
     return conditions
 
 
+def workload_conditions(relevance: Relevance) -> list[MatchCondition]:
+    """The workloads webhook's conditions: one per kind (each true for the other kinds).
+
+    Workloads have a webhook of their own so that a pod review, by far the most frequent,
+    evaluates only the pod and binding conditions: the API server evaluates every
+    condition of a webhook whose rules match, and each costs it CPU.
+    """
+    return [_kind_condition(k, "validate", relevance) for k in relevance.kinds]
+
+
 def validating_conditions(relevance: Relevance) -> list[MatchCondition]:
-    """The validating webhook's conditions (pods, bindings, workloads)."""
+    """The validating webhook's conditions (pods and bindings)."""
     walk = Walker(Names())
     changed = any_of(*(_changed(("spec", name), walk) for name in UPDATE_FIELDS))
     created = PodQuestions(relevance, Names()).needs_validation()
@@ -197,7 +207,6 @@ def validating_conditions(relevance: Relevance) -> list[MatchCondition]:
                 ),
             )
         )
-    conditions += [_kind_condition(k, "validate", relevance) for k in relevance.kinds]
     return conditions
 
 
@@ -207,6 +216,8 @@ def iter_expressions(relevance: Relevance) -> Iterator[tuple[str, MatchCondition
         yield "mutate", condition
     for condition in validating_conditions(relevance):
         yield "validate", condition
+    for condition in workload_conditions(relevance):
+        yield "workloads", condition
 
 
 # -- rules ---------------------------------------------------------------------------------
@@ -226,12 +237,14 @@ def _validates_pods(relevance: Relevance) -> bool:
 def webhook_rules_for(relevance: Relevance, webhook: str) -> list[dict[str, Any]]:
     """The admissionregistration.k8s.io/v1 ``rules`` that route what can matter here.
 
-    ``webhook`` is ``mutate`` or ``validate``. Pods (CREATE; UPDATE too for validation);
-    for validation also bindings (the ``pods/binding`` subresource and the legacy
-    ``bindings`` resource) and every workload kind; for mutation the workload kinds only
-    when templates are mutated. Kinds of one API group and version set share a rule. A
+    ``webhook``: ``mutate`` (pods, CREATE; with mutated templates also the workload
+    kinds), ``validate`` (pods, CREATE and UPDATE, and bindings: the ``pods/binding``
+    subresource and the legacy ``bindings`` resource) or ``workloads`` (every workload
+    kind, CREATE and UPDATE). Kinds of one API group and version set share a rule. A
     policy that can change nothing (mode ``off``) routes nothing.
     """
+    if webhook == "workloads":
+        return _kind_rules(relevance.kinds) if _validates_pods(relevance) else []
     validate = webhook == "validate"
     mutates_pods = relevance.mutate_fault_tolerant or relevance.mutate_others != "none"
     if not (_validates_pods(relevance) if validate else mutates_pods):
@@ -255,19 +268,24 @@ def webhook_rules_for(relevance: Relevance, webhook: str) -> list[dict[str, Any]
                 "scope": "Namespaced",
             }
         )
-    if validate or relevance.mutate_templates:
-        grouped: dict[tuple[str, tuple[str, ...]], list[str]] = {}
-        for kind in relevance.kinds:
-            if validate or any(t.mutate for t in kind.templates):
-                grouped.setdefault((kind.group, kind.versions), []).append(kind.resource)
-        for (group, versions), resources in grouped.items():
-            rules.append(
-                {
-                    "apiGroups": [group],
-                    "apiVersions": list(versions),
-                    "operations": ["CREATE", "UPDATE"],
-                    "resources": sorted(set(resources)),
-                    "scope": "Namespaced",
-                }
-            )
+    if not validate and relevance.mutate_templates:
+        rules += _kind_rules(
+            tuple(k for k in relevance.kinds if any(t.mutate for t in k.templates))
+        )
     return rules
+
+
+def _kind_rules(kinds: tuple[KindScope, ...]) -> list[dict[str, Any]]:
+    grouped: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for kind in kinds:
+        grouped.setdefault((kind.group, kind.versions), []).append(kind.resource)
+    return [
+        {
+            "apiGroups": [group],
+            "apiVersions": list(versions),
+            "operations": ["CREATE", "UPDATE"],
+            "resources": sorted(set(resources)),
+            "scope": "Namespaced",
+        }
+        for (group, versions), resources in grouped.items()
+    ]

@@ -128,7 +128,8 @@ def object_shape_problems(obj: Any, policy: Policy) -> list[str]:
 
 def webhook_rules(policy: Policy, webhook: str) -> list[JSONObject]:
     """The admissionregistration.k8s.io/v1 ``rules`` that send spotguard what it reviews
-    under ``policy`` (see :func:`policies.conditions.webhook_rules_for`)."""
+    under ``policy``: ``webhook`` is mutate, validate (pods, bindings) or workloads (see
+    :func:`policies.conditions.webhook_rules_for`)."""
     from policies.conditions import webhook_rules_for  # noqa: PLC0415 - avoids a cycle
     from policies.relevance import relevance_of  # noqa: PLC0415
 

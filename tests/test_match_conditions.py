@@ -44,6 +44,7 @@ from tests import relevance_strategies as gen
 from webhook.registration import (
     MUTATING_WEBHOOK,
     VALIDATING_WEBHOOK,
+    WORKLOADS_WEBHOOK,
     Endpoint,
     render,
     render_relevance,
@@ -286,7 +287,7 @@ def test_skipped_workload_reviews_need_nothing(
         proof.count("workloads")
         context = _context(sent["operation"])
         obj, old = decision.object, decision.old_object
-        if not decision.called(VALIDATING_WEBHOOK):
+        if not decision.called(WORKLOADS_WEBHOOK):
             judged = validate_object(obj, context, proof.policy, old)
             assert not (judged.violations or judged.warnings), f"validation skipped for {obj}"
         if not decision.called(MUTATING_WEBHOOK):

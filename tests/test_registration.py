@@ -31,6 +31,7 @@ from webhook.registration import (
     MUTATING_WEBHOOK,
     RELEVANCE_ANNOTATION,
     VALIDATING_WEBHOOK,
+    WORKLOADS_WEBHOOK,
     Endpoint,
     coverage_problems,
     render,
@@ -58,6 +59,7 @@ def test_shipped_rules_match_what_the_default_policy_reviews() -> None:
     hooks = registrations()
     assert hooks[MUTATING_WEBHOOK]["rules"] == webhook_rules(default_policy(), "mutate")
     assert hooks[VALIDATING_WEBHOOK]["rules"] == webhook_rules(default_policy(), "validate")
+    assert hooks[WORKLOADS_WEBHOOK]["rules"] == webhook_rules(default_policy(), "workloads")
 
 
 def test_every_webhook_is_fail_open_side_effect_free_and_bounded() -> None:
@@ -85,7 +87,7 @@ def test_rules_follow_the_policy() -> None:
         "workloads: {extraKinds: [{group: example.com, kind: TrainingRun,"
         " versions: [v1], templatePaths: [spec.worker.template]}]}"
     )
-    validating = render(extra)[1]["webhooks"][0]
+    validating = render(extra)[1]["webhooks"][1]
     assert {
         "apiGroups": ["example.com"],
         "apiVersions": ["v1"],
@@ -101,7 +103,8 @@ def test_rules_follow_the_policy() -> None:
     assert "pods/binding" not in resources
     off = render(parse_policy_text("mode: off"))
     assert off[0]["webhooks"][0]["rules"] == [] and off[1]["webhooks"][0]["rules"] == []
-    assert off[1]["webhooks"][1]["rules"]  # the policy ConfigMap check stays
+    assert off[1]["webhooks"][1]["rules"] == []
+    assert off[1]["webhooks"][2]["rules"]  # the policy ConfigMap check stays
 
 
 def spotguard(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

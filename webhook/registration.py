@@ -20,13 +20,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from policies.conditions import mutating_conditions, validating_conditions, webhook_rules_for
+from policies.conditions import (
+    mutating_conditions,
+    validating_conditions,
+    webhook_rules_for,
+    workload_conditions,
+)
 from policies.model import Policy
 from policies.relevance import Relevance, for_webhook, missing_coverage, relevance_of
 
 CONFIGURATION_NAME = "spotguard"
 MUTATING_WEBHOOK = "mutate.spotguard.dev"
 VALIDATING_WEBHOOK = "validate.spotguard.dev"
+WORKLOADS_WEBHOOK = "workloads.spotguard.dev"
 POLICY_WEBHOOK = "policy.spotguard.dev"
 RELEVANCE_ANNOTATION = "spotguard.dev/relevance"
 IGNORE_LABEL = "spotguard.dev/ignore"
@@ -126,9 +132,15 @@ def render_relevance(
         "rules": webhook_rules_for(relevance, "validate"),
         "namespaceSelector": namespace_selector(relevance),
     }
+    workloads = {
+        **_common(WORKLOADS_WEBHOOK, endpoint, "/validate"),
+        "rules": webhook_rules_for(relevance, "workloads"),
+        "namespaceSelector": namespace_selector(relevance),
+    }
     if conditions:
         mutate["matchConditions"] = [c.to_api() for c in mutating_conditions(relevance)]
         validate["matchConditions"] = [c.to_api() for c in validating_conditions(relevance)]
+        workloads["matchConditions"] = [c.to_api() for c in workload_conditions(relevance)]
     policy_check = {
         **_common(POLICY_WEBHOOK, endpoint, "/validate-policy"),
         "rules": [
@@ -154,7 +166,7 @@ def render_relevance(
             "apiVersion": "admissionregistration.k8s.io/v1",
             "kind": "ValidatingWebhookConfiguration",
             "metadata": _metadata(relevance, conditions),
-            "webhooks": [validate, policy_check],
+            "webhooks": [validate, workloads, policy_check],
         },
     ]
 

@@ -334,6 +334,7 @@ def test_values_reach_every_object_that_depends_on_them(helm_bin: Path) -> None:
     # The registration follows the policy: its extra kind is sent to the validating webhook.
     for name, webhook in (
         ("validate.spotguard.dev", "validate"),
+        ("workloads.spotguard.dev", "workloads"),
         ("mutate.spotguard.dev", "mutate"),
     ):
         assert expanded(hooks[name]["rules"]) == expanded(webhook_rules(policy, webhook)), name
