@@ -104,6 +104,11 @@ def negate(expression: str) -> str:
     return f"!{_group(expression, '!')}"
 
 
+def group(expression: str) -> str:
+    """``expression`` parenthesised unless it is a plain term."""
+    return f"({expression})" if _top_level_operators(expression) else expression
+
+
 def _top_level_operators(expression: str) -> set[str]:
     """The operators found outside parentheses, brackets, braces and string literals."""
     found: set[str] = set()

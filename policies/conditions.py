@@ -63,16 +63,8 @@ def _is_resource(group: str, resource: str) -> str:
 
 
 _IS_POD = _is_resource("", "pods")
-_IS_BINDING = all_of(
-    'request.resource.group == ""',
-    any_of(
-        all_of(
-            'request.resource.resource == "pods"',
-            'has(request.subResource) && request.subResource == "binding"',
-        ),
-        'request.resource.resource == "bindings"',
-    ),
-)
+#: Among what the validating webhook's rules send (pods, pods/binding, bindings): a pod.
+_IS_POD_OR_SUBRESOURCE = 'request.resource.resource == "pods" && !has(request.subResource)'
 
 
 def _changed(keys: tuple[str, ...], walk: Walker) -> str:
@@ -154,15 +146,20 @@ def _kind_condition(kind: KindScope, question: str, relevance: Relevance) -> Mat
 
 
 def mutating_conditions(relevance: Relevance) -> list[MatchCondition]:
-    """The mutating webhook's conditions (pods CREATE; workloads if templates are mutated)."""
+    """The mutating webhook's conditions (pods CREATE; workloads if templates are mutated).
+
+    Its rules send pods only (unless templates are mutated), so the pod condition needs no
+    test of what the request is about.
+    """
     pod = PodQuestions(relevance, Names()).needs_mutation()
+    if not relevance.mutate_templates:
+        return [MatchCondition("pods", pod)]
     conditions = [MatchCondition("pods", any_of(negate(_IS_POD), pod))]
-    if relevance.mutate_templates:
-        conditions += [
-            _kind_condition(k, "mutate", relevance)
-            for k in relevance.kinds
-            if any(t.mutate for t in k.templates)
-        ]
+    conditions += [
+        _kind_condition(k, "mutate", relevance)
+        for k in relevance.kinds
+        if any(t.mutate for t in k.templates)
+    ]
     return conditions
 
 
@@ -170,44 +167,35 @@ def workload_conditions(relevance: Relevance) -> list[MatchCondition]:
     """The workloads webhook's conditions: one per kind (each true for the other kinds).
 
     Workloads have a webhook of their own so that a pod review, by far the most frequent,
-    evaluates only the pod and binding conditions: the API server evaluates every
-    condition of a webhook whose rules match, and each costs it CPU.
+    evaluates only the pod and binding condition: the API server evaluates every condition
+    of a webhook whose rules match, and each costs it CPU.
     """
     return [_kind_condition(k, "validate", relevance) for k in relevance.kinds]
 
 
 def validating_conditions(relevance: Relevance) -> list[MatchCondition]:
-    """The validating webhook's conditions (pods and bindings)."""
+    """The validating webhook's one condition, for pods and bindings (its rules send only
+    those): a pod CREATE by the pod's questions, a pod UPDATE by whether its placement
+    changed, a binding by who makes it. One condition, because each one is evaluated for
+    every request the rules match."""
     walk = Walker(Names())
     changed = any_of(*(_changed(("spec", name), walk) for name in UPDATE_FIELDS))
     created = PodQuestions(relevance, Names()).needs_validation()
-    conditions = [
-        MatchCondition(
-            "pods",
-            any_of(
-                negate(_IS_POD),
-                all_of(_IS_UPDATE, changed),
-                all_of(negate(_IS_UPDATE), created),
-            ),
-        )
-    ]
+    pod = f"{_IS_UPDATE} ? {cel.group(changed)} : {cel.group(created)}"
+    binding = cel.TRUE
     if relevance.bindings and relevance.trusted_schedulers:
         trusted = cel.strings(relevance.trusted_schedulers)
-        conditions.append(
-            MatchCondition(
-                "bindings",
-                any_of(
-                    negate(_IS_BINDING),
-                    negate(
-                        all_of(
-                            "has(request.userInfo.username)",
-                            f"request.userInfo.username in {trusted}",
-                        )
-                    ),
-                ),
-            )
+        binding = negate(
+            all_of("has(request.userInfo.username)", f"request.userInfo.username in {trusted}")
         )
-    return conditions
+    if binding == cel.TRUE:
+        return [MatchCondition("pods-and-bindings", any_of(negate(_IS_POD_OR_SUBRESOURCE), pod))]
+    return [
+        MatchCondition(
+            "pods-and-bindings",
+            f"{_IS_POD_OR_SUBRESOURCE} ? {cel.group(pod)} : {cel.group(binding)}",
+        )
+    ]
 
 
 def iter_expressions(relevance: Relevance) -> Iterator[tuple[str, MatchCondition]]:

@@ -41,7 +41,8 @@ class PodQuestions:
     # -- who the pod is ------------------------------------------------------------------
 
     def fault_tolerant(self) -> str:
-        has_labels, labels = _has_chain(POD, "metadata", "labels")
+        labels = f"{METADATA}.labels"
+        has_labels = f"has({labels})"
         options = []
         for selector in self.r.fault_tolerant:
             matches = cel.selector_matches(
@@ -170,27 +171,32 @@ class PodQuestions:
     # -- the two questions ---------------------------------------------------------------
 
     def needs_mutation(self) -> str:
+        """Not bound to a node, and fault-tolerant (injected, or kept off spot as a poor
+        candidate) or, for the others, possibly reaching spot (keep-off-spot)."""
         r = self.r
-        if r.mutate_fault_tolerant and r.mutate_others == "all":
-            decided = cel.TRUE
+        others = {"none": cel.FALSE, "tolerating": self.tolerates_spot(), "all": cel.TRUE}[
+            r.mutate_others
+        ]
+        if r.mutate_fault_tolerant:
+            decided = any_of(self.fault_tolerant(), others)
         else:
-            fault_tolerant = self.fault_tolerant()
-            others = {"none": cel.FALSE, "tolerating": self.tolerates_spot(), "all": cel.TRUE}[
-                r.mutate_others
-            ]
-            decided = any_of(
-                all_of(fault_tolerant, cel.TRUE if r.mutate_fault_tolerant else cel.FALSE),
-                all_of(negate(fault_tolerant), others),
-            )
+            decided = all_of(negate(self.fault_tolerant()), others)
         return all_of(negate(self.names_node()), decided)
 
     def needs_validation(self) -> str:
+        """Bound to a node; or fault-tolerant with something to check (for a poor
+        candidate, the spot tolerations and selection it must not have are checked too,
+        but a poor candidate is sent anyway); or not, and tolerating or selecting spot."""
         r = self.r
-        fault_tolerant = self.fault_tolerant()
         poor = self.poor()
-        must_stay_off = any_of(negate(fault_tolerant) if r.check_others else cel.FALSE, poor)
-        return any_of(
-            self.names_node() if r.node_name else cel.FALSE,
-            all_of(any_of(self.tolerates_spot(), self.selects_spot()), must_stay_off),
-            all_of(fault_tolerant, any_of(self.grace_above_notice(), self.steering(), poor)),
-        )
+        fault_tolerant = any_of(self.grace_above_notice(), self.steering(), poor)
+        placement = any_of(self.tolerates_spot(), self.selects_spot())
+        others = all_of(placement, cel.TRUE if r.check_others else poor)
+        ft = self.fault_tolerant()
+        if ft == cel.FALSE:
+            decided = others
+        elif ft == cel.TRUE:
+            decided = fault_tolerant
+        else:
+            decided = f"{ft} ? {cel.group(fault_tolerant)} : {cel.group(others)}"
+        return any_of(self.names_node() if r.node_name else cel.FALSE, decided)
