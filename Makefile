@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup host-packages demo demo-helm drill images test lint unit e2e controlplane tools bench bench-apiserver soak clean
+.PHONY: setup host-packages demo demo-helm drill images test lint unit e2e controlplane tools bench bench-apiserver soak fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ bench: setup  ## throughput and latency over real gunicorn and TLS: new vs old d
 
 bench-apiserver: controlplane  ## what spotguard costs the API server per pod create, vs none and a MutatingAdmissionPolicy
 	$(BIN)/python -m benchmarks.bench_apiserver
+
+fuzz: setup  ## the property tests on 1,000,000 random cases, both cores, at most an hour
+	$(BIN)/python -m tests.fuzz --cases 1000000 --jobs 2 --max-seconds 3600
 
 soak: setup  ## 10 minutes of load while certificates, policy and workers change (not in CI)
 	$(BIN)/python -m benchmarks.soak --minutes 10

@@ -16,11 +16,10 @@ from typing import Any
 from benchmarks.load import loadgen_command
 from devtools.reviews import plain_pod, review, training_pod
 from devtools.server import RunningServer
-from policies.decisions import PodContext
 from policies.loader import default_policy
-from policies.mutate import mutate_pod
-from policies.patch import make_patch
-from policies.validate import validate_pod
+from policies.review import Phase
+from policies.review import review as domain_review
+from webhook.admission import request_of
 from webhook.review import parse_review
 
 
@@ -40,19 +39,17 @@ def policy_path_figures(seconds: float) -> dict[str, float]:
     policy = default_policy()
     mutate_body = json.dumps(review(training_pod())).encode()
     validate_body = json.dumps(review(plain_pod(tolerate_spot=True))).encode()
-    context = PodContext("ml")
 
     def decode_only() -> None:
         parse_review(mutate_body)
 
     def mutate_path() -> None:
-        pod = parse_review(mutate_body).pod
-        decision = mutate_pod(pod, context, policy)
-        assert decision.mutated is not None
-        make_patch(pod, decision.mutated)
+        verdict = domain_review(request_of(parse_review(mutate_body)), policy, phases=Phase.MUTATE)
+        assert verdict.mutation is not None and verdict.mutation.patched is not None
+        verdict.mutation.patch()
 
     def validate_path() -> None:
-        validate_pod(parse_review(validate_body).pod, context, policy)
+        domain_review(request_of(parse_review(validate_body)), policy, phases=Phase.VALIDATE)
 
     return {
         "decode_us": cpu_per_call(decode_only, seconds),

@@ -1,14 +1,19 @@
-"""spotguard policy engine: pure functions from (object, request, policy) to a decision.
+"""spotguard policy engine: pure functions from (request, policy, cluster facts) to a verdict.
 
-Entry points for the transport (no Flask, no network; cluster facts are passed in through
-``PodContext.cluster``, a :class:`policies.decisions.ClusterFacts`):
+One entry point for every caller (the webhook, the CLI, the golden tests):
+:func:`policies.review.review` takes a :class:`policies.review.Request` (what the API
+server says about a request: the object, the old object, the operation, the namespace,
+the kind and subresource, the requester's identity), the compiled policy and the
+:class:`policies.decisions.ClusterFacts` (node labels, local claims, stored pods, owner
+uids; lookups the transport backs with watch caches) and returns one
+:class:`policies.verdict.Verdict`, or raises :class:`policies.review.Malformed`.
+No Flask, no network.
 
-- pods: :func:`policies.mutate.mutate_pod`, :func:`policies.validate.validate_pod`
-  (``spec.nodeName`` is checked against ``cluster.node_labels``);
-- workload objects (Deployment, PyTorchJob, ... as the policy lists them):
-  :func:`policies.objects.validate_object`, :func:`policies.objects.mutate_object`,
-  :func:`policies.workloads.object_shape_problems`, :func:`policies.workloads.workload_of`;
-- bindings (``pods/binding``): :func:`policies.binding.validate_binding`;
-- webhook registration: :func:`policies.workloads.webhook_rules`;
-- the policy document: :mod:`policies.loader`; JSON Patch: :func:`policies.patch.make_patch`.
+Beneath it, the rules (:mod:`policies.mutate`, :mod:`policies.validate`,
+:mod:`policies.objects`, :mod:`policies.binding`), what exempts a pod
+(:mod:`policies.exemptions`), the shapes checked first (:mod:`policies.shapes`), the
+annotations and quantities read strictly (:mod:`policies.annotations`,
+:mod:`policies.quantity`), the API's size limits (:mod:`policies.growth`); the policy
+document (:mod:`policies.loader`), the webhook registration
+(:func:`policies.workloads.webhook_rules`) and JSON Patch (:func:`policies.patch.make_patch`).
 """

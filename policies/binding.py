@@ -3,10 +3,9 @@ to a spot node.
 
 A ``pods/binding`` request (and the legacy ``bindings`` resource) carries a Binding
 object: ``metadata.name`` is the pod, ``target.name`` the node. It says nothing of the
-pod itself, so the transport supplies the pod (its informer cache, or a GET on a miss)
-and the node's labels (``context.cluster``). The pod it supplies is the stored one, i.e.
-already mutated: a fault-tolerant pod with injected tolerations is judged by its labels,
-not by its tolerations.
+pod itself, so the stored pod comes from the cluster facts (``ClusterFacts.pod``, a watch
+cache), as do the node's labels. The stored pod is already mutated: a fault-tolerant pod
+with injected tolerations is judged by its labels, not by its tolerations.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from policies.candidates import is_fault_tolerant, off_spot_reasons
 from policies.decisions import PodContext, ValidationDecision
 from policies.model import Mode, Policy
 from policies.nodes import spot_node_violations
-from policies.pods import is_node_agent
 
 
 def binding_target(binding: Mapping[str, Any]) -> str | None:
@@ -37,8 +35,9 @@ def validate_binding(
     """Decide a Binding of ``pod`` (None: the transport could not find it) to its target node.
 
     A pod that must stay off spot (not fault-tolerant, or a poor candidate) bound to a spot
-    node is a ``spot-node-binding`` violation. DaemonSet and static pods are exempt, as
-    everywhere. An unknown pod is let through with a warning: the Binding names a pod that
+    node is a ``spot-node-binding`` violation. Whether the pod is exempt (a DaemonSet pod
+    whose owner is verified) is the caller's question (:mod:`policies.exemptions`). An
+    unknown pod is let through with a warning: the Binding names a pod that
     exists, so only a transport failure gets here, and spotguard fails open.
     """
     if context.operation != "CREATE" or not policy.applies_to_namespace(context.namespace):
@@ -51,8 +50,6 @@ def validate_binding(
         return ValidationDecision(
             warnings=(f"spotguard: pod {name} not found; binding to {node_name} not checked",)
         )
-    if is_node_agent(pod):
-        return ValidationDecision()
     reasons = off_spot_reasons(pod, context, policy, is_fault_tolerant(pod, policy))
     violations, warnings = spot_node_violations(node_name, reasons, context, policy, binding=True)
     return ValidationDecision(

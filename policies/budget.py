@@ -8,30 +8,16 @@ time; the fix is periodic checkpoints, with the final save only flushing the new
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from policies.decisions import Violation
 from policies.model import Mode, Policy, Rule
-from policies.pods import annotations_of, spec_of
+from policies.pods import annotations_of, chosen_grace, spec_of
+from policies.quantity import QuantityError, parse_bytes
 
 CHECKPOINT_SIZE_ANNOTATION = "spotguard.dev/checkpoint-size"
 _FIELD = f"metadata.annotations[{CHECKPOINT_SIZE_ANNOTATION}]"
-_UNITS = {
-    "": 1,
-    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
-}  # fmt: skip
-_QUANTITY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|k|M|G|T)?\s*$")
-
-
-def parse_size(text: str) -> int | None:
-    """Bytes of a Kubernetes-style quantity (``16Gi``, ``500M``, ``1.5G``); None if not one."""
-    match = _QUANTITY.match(text)
-    if match is None:
-        return None
-    return int(float(match.group(1)) * _UNITS[match.group(2) or ""])
 
 
 def checkpoint_budget_violations(pod: Mapping[str, Any], policy: Policy) -> list[Violation]:
@@ -39,17 +25,19 @@ def checkpoint_budget_violations(pod: Mapping[str, Any], policy: Policy) -> list
     declared = annotations_of(pod).get(CHECKPOINT_SIZE_ANNOTATION)
     if mode is Mode.OFF or declared is None:
         return []
-    size = parse_size(declared)
-    if size is None:
+    try:
+        size = parse_bytes(declared)
+    except QuantityError as error:
         return [
             Violation(
                 Rule.CHECKPOINT_FITS_NOTICE, mode, _FIELD,
-                f"{declared!r} is not a size", "write a quantity such as 16Gi or 500M",
-                f"checkpoint size {declared!r} is not a quantity such as 16Gi",
+                f"{declared[:40]!r} is not a size: {error}",
+                "write a Kubernetes quantity of bytes such as 16Gi, 500M or 1e12",
+                f"checkpoint size {declared[:20]!r} is not a quantity such as 16Gi",
             )
         ]  # fmt: skip
-    grace = spec_of(pod).get("terminationGracePeriodSeconds")
-    window = min(grace, policy.notice_seconds) if isinstance(grace, int) else policy.notice_seconds
+    grace = chosen_grace(spec_of(pod), policy.inject.termination_grace_period)
+    window = policy.notice_seconds if grace is None else min(grace, policy.notice_seconds)
     reserve = policy.inject.pre_stop.sigterm_reserve_seconds
     budget = max(window - reserve, 0)
     gbps = policy.checkpoint_write_gbps

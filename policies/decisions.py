@@ -59,13 +59,20 @@ class ClusterFacts:
         cls,
         nodes: Mapping[str, Mapping[str, str]] | None = None,
         local_claims: Iterable[str] = (),
+        pods: Mapping[str, JSONObject] | None = None,
+        owners: Mapping[str, str] | None = None,
     ) -> ClusterFacts:
-        """Facts from plain data: node name to labels, and ``namespace/name`` of local claims."""
+        """Facts from plain data: node name to labels, ``namespace/name`` of local claims,
+        ``namespace/name`` to stored pod, and ``Kind/namespace/name`` to an owner's uid."""
         known = dict(nodes or {})
         local = frozenset(local_claims)
+        stored = dict(pods or {})
+        uids = dict(owners or {})
         return cls(
             node_labels=known.get,
             local_claims=lambda namespace, claim: f"{namespace}/{claim}" in local,
+            pod=lambda namespace, name: stored.get(f"{namespace}/{name}"),
+            owner_uid=lambda kind, namespace, name: uids.get(f"{kind}/{namespace}/{name}"),
         )
 
 

@@ -20,6 +20,7 @@ import yaml
 from policies.model import (
     AffinitySettings,
     CheckpointSettings,
+    ExemptionSettings,
     InjectSettings,
     LabelSelector,
     Mode,
@@ -343,6 +344,11 @@ def _build(doc: dict[str, Any]) -> Policy:
             host_path_exempt_prefixes=tuple(poor["localStorage"]["hostPathExemptPrefixes"]),
         ),
         deny_unknown_nodes=doc["nodeBinding"]["unknownNodes"] == "deny",
+        exemptions=ExemptionSettings(
+            daemon_set_pod_creators=frozenset(doc["exemptions"]["daemonSetPodCreators"]),
+            node_user_prefix=doc["exemptions"]["mirrorPodCreators"]["nodeUserPrefix"],
+            node_group=doc["exemptions"]["mirrorPodCreators"]["nodeGroup"],
+        ),
         trusted_schedulers=frozenset(doc["nodeBinding"]["trustedSchedulers"]),
     )
 

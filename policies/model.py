@@ -183,6 +183,33 @@ class PoorCandidateSettings:
 
 
 @dataclass(frozen=True)
+class ExemptionSettings:
+    """Who may create pods that no rule touches, as the API server authenticated them.
+
+    Only ``request.userInfo`` (or cluster state spotguard verified) identifies a DaemonSet
+    or mirror pod: ``ownerReferences`` and annotations are written by whoever writes the pod.
+    """
+
+    #: Usernames that create DaemonSet pods (the DaemonSet controller). Empty: no exemption.
+    daemon_set_pod_creators: frozenset[str]
+    #: A mirror pod's creator is ``<node_user_prefix><spec.nodeName>`` in ``node_group``.
+    #: An empty prefix disables the mirror-pod exemption.
+    node_user_prefix: str
+    node_group: str
+
+    def creates_daemon_set_pods(self, username: str) -> bool:
+        return username in self.daemon_set_pod_creators
+
+    def is_node_user(self, username: str, groups: frozenset[str], node_name: str) -> bool:
+        """Whether the requester is the kubelet of ``node_name`` (a mirror pod's creator)."""
+        return (
+            bool(self.node_user_prefix and node_name)
+            and username == self.node_user_prefix + node_name
+            and self.node_group in groups
+        )
+
+
+@dataclass(frozen=True)
 class Policy:
     """Everything the rules need, resolved: presets expanded, modes capped, defaults applied."""
 
@@ -207,6 +234,7 @@ class Policy:
     mutate_templates: bool
     poor_candidates: PoorCandidateSettings
     deny_unknown_nodes: bool
+    exemptions: ExemptionSettings
     #: Requesters whose pods/binding requests the registration does not send: schedulers
     #: that place pods by the node affinity and tolerations spotguard already settled.
     trusted_schedulers: frozenset[str] = frozenset()

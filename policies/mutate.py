@@ -13,26 +13,31 @@ from dataclasses import replace
 from typing import Any
 
 from policies.affinity import add_preferred_terms, and_into_required_terms, exclude_spot
+from policies.annotations import (
+    CHECKPOINT_CONTAINERS,
+    INJECTED,
+    PRESTOP_COMMAND,
+    checkpoint_containers,
+    injected_kinds,
+    pre_stop_command,
+)
 from policies.candidates import is_fault_tolerant, poor_candidate_reasons
 from policies.decisions import Change, MutationDecision, PodContext
 from policies.model import Mode, Policy, Rule
 from policies.pods import (
+    API_DEFAULT_GRACE_SECONDS,
     JSONObject,
     annotations_of,
-    is_node_agent,
     json_copy,
     regular_containers,
 )
 from policies.presets import Taint
 from policies.selectors import parse_toleration
 
-INJECTED_ANNOTATION = "spotguard.dev/injected"
-PRESTOP_COMMAND_ANNOTATION = "spotguard.dev/prestop-command"
-CHECKPOINT_CONTAINERS_ANNOTATION = "spotguard.dev/checkpoint-containers"
+INJECTED_ANNOTATION = INJECTED
+PRESTOP_COMMAND_ANNOTATION = PRESTOP_COMMAND
+CHECKPOINT_CONTAINERS_ANNOTATION = CHECKPOINT_CONTAINERS
 CHECKPOINT_VOLUME = "spotguard-checkpoint"
-#: The API server defaults an unset grace period to 30 s before webhooks see the pod,
-#: so 30 is treated as "not chosen by the user".
-API_DEFAULT_GRACE_SECONDS = 30
 
 
 def mutate_pod(
@@ -44,10 +49,12 @@ def mutate_pod(
     workload kind an operator preset opts in). A fault-tolerant pod that a poor-candidate
     rule in enforce mode wants off spot is kept off spot like any other pod, with a
     warning; in audit mode it is injected as usual, and the warning says what would change.
+    Whether the pod is exempt (a DaemonSet or mirror pod) is the caller's question, asked
+    from the request's identity (:mod:`policies.exemptions`), never from the pod's fields.
     """
     if context.operation != "CREATE" or not policy.applies_to_namespace(context.namespace):
         return MutationDecision(rule=None, mode=Mode.OFF)
-    if is_node_agent(pod) or (pod.get("spec") or {}).get("nodeName"):
+    if (pod.get("spec") or {}).get("nodeName"):
         return MutationDecision(rule=None, mode=Mode.OFF)
     if not is_fault_tolerant(pod, policy, opted_in):
         return _apply(Rule.KEEP_OFF_SPOT, pod, policy)
@@ -99,7 +106,7 @@ def _inject_fault_tolerance(
     changes += _add_affinity(spec, policy)
     if settings.termination_grace_period:
         changes += _set_grace_period(spec, policy.notice_seconds)
-    targets = _checkpoint_targets(pod, spec, policy)
+    targets = _checkpoint_targets(pod, spec, policy, warnings)
     if settings.pre_stop.enabled:
         changes += _add_pre_stop(pod, targets, policy, warnings)
     changes += _add_checkpoint_storage(spec, targets, policy)
@@ -173,37 +180,45 @@ def _set_grace_period(spec: JSONObject, notice_seconds: int) -> list[Change]:
     ]
 
 
-def _checkpoint_targets(pod: JSONObject, spec: JSONObject, policy: Policy) -> list[JSONObject]:
-    """Containers that checkpoint: the annotation's list, else the policy's, else all."""
-    listed = annotations_of(pod).get(CHECKPOINT_CONTAINERS_ANNOTATION)
-    names = (
-        {name.strip() for name in listed.split(",") if name.strip()}
-        if listed
-        else policy.inject.pre_stop.containers
-    )
+def _checkpoint_targets(
+    pod: JSONObject, spec: JSONObject, policy: Policy, warnings: list[str]
+) -> list[JSONObject]:
+    """Containers that checkpoint: the annotation's list, else the policy's, else all.
+
+    An annotation naming a container the pod does not have is not followed (validation
+    reports it); a policy list naming none of the pod's containers hooks nothing, and the
+    warning says so rather than letting the pod go to spot without a hook unnoticed.
+    """
     containers = list(regular_containers(spec))
-    return [c for c in containers if not names or c.get("name") in names]
+    present = [str(c.get("name")) for c in containers if isinstance(c.get("name"), str)]
+    listed, problem = checkpoint_containers(
+        annotations_of(pod).get(CHECKPOINT_CONTAINERS_ANNOTATION), present
+    )
+    if problem is not None:
+        warnings.append(f"spotguard: {problem.annotation} {problem.problem}; using the policy's")
+    names = listed if listed is not None else policy.inject.pre_stop.containers
+    targets = [c for c in containers if not names or c.get("name") in names]
+    if containers and not targets and policy.inject.pre_stop.enabled:
+        warnings.append(
+            f"spotguard: no container is named {', '.join(sorted(names))} "
+            "(inject.preStop.containers); no checkpoint hook injected"
+        )
+    return targets
 
 
-def _pre_stop_command(pod: JSONObject, policy: Policy) -> list[str]:
+def _pre_stop_command(pod: JSONObject, policy: Policy, warnings: list[str]) -> list[str]:
     """The policy's command, unless the pod's annotation overrides it (JSON list or shell)."""
-    override = annotations_of(pod).get(PRESTOP_COMMAND_ANNOTATION)
-    if not override:
-        return list(policy.inject.pre_stop.command)
-    try:
-        parsed = json.loads(override)
-    except ValueError:
-        parsed = None
-    if isinstance(parsed, list) and parsed and all(isinstance(p, str) for p in parsed):
-        return parsed
-    return ["/bin/sh", "-c", override]
+    command, problem = pre_stop_command(annotations_of(pod).get(PRESTOP_COMMAND_ANNOTATION))
+    if problem is not None:
+        warnings.append(f"spotguard: {problem.annotation} {problem.problem}; using the policy's")
+    return list(command if command is not None else policy.inject.pre_stop.command)
 
 
 def _add_pre_stop(
     pod: JSONObject, targets: list[JSONObject], policy: Policy, warnings: list[str]
 ) -> list[Change]:
     settings = policy.inject.pre_stop
-    command = _pre_stop_command(pod, policy)
+    command = _pre_stop_command(pod, policy, warnings)
     wanted = {"exec": {"command": command}}
     changes: list[Change] = []
     for container in targets:
@@ -263,19 +278,14 @@ def _add_checkpoint_storage(
 
 
 def _record(pod: JSONObject, changes: list[Change], revision: str) -> None:
-    """Note on the pod what spotguard injected and under which policy revision."""
+    """Note on the pod what spotguard injected and under which policy revision.
+
+    Kinds a previous record lists are kept; a record anyone else wrote, whatever its
+    shape, is replaced (:func:`policies.annotations.injected_kinds` reads it).
+    """
     metadata = pod.setdefault("metadata", {})
     annotations = metadata.get("annotations") or {}
-    previous: list[str] = []
-    try:
-        previous = list(json.loads(annotations.get(INJECTED_ANNOTATION, "{}")).get("injected", []))
-    except (ValueError, AttributeError):
-        previous = []
+    previous = injected_kinds(annotations)
     kinds = sorted(set(previous) | {change.kind for change in changes})
     record = json.dumps({"revision": revision, "injected": kinds}, separators=(",", ":"))
     metadata["annotations"] = {**annotations, INJECTED_ANNOTATION: record}
-
-
-def describe_changes(changes: tuple[Change, ...]) -> str:
-    """One line summarising the kinds of change, for warnings and logs."""
-    return ", ".join(dict.fromkeys(change.kind for change in changes))

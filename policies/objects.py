@@ -24,7 +24,7 @@ from policies.decisions import (
 from policies.model import Mode, Policy, Rule, WorkloadKind
 from policies.mutate import mutate_pod
 from policies.paths import value_at
-from policies.pods import JSONObject, is_node_agent, json_copy
+from policies.pods import JSONObject, json_copy
 from policies.validate import validate_pod
 from policies.workloads import Template, template_pod, templates_of, workload_of
 
@@ -103,7 +103,7 @@ def _kept_off_spot(
     Its pods are mutated when created, by a controller, where nobody reads the warning.
     Rules that already produced a violation for this template are not repeated.
     """
-    if is_node_agent(pod) or not is_fault_tolerant(pod, policy, template.opted_in):
+    if not is_fault_tolerant(pod, policy, template.opted_in):
         return []
     notes: list[str] = []
     for reason in poor_candidate_reasons(pod, context, policy):

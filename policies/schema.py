@@ -99,6 +99,14 @@ POLICY_SCHEMA: dict[str, Any] = _object(
         "kind": {"const": "SpotPolicy"},
         "mode": {"enum": MODES},
         "namespaces": _object({"include": _STRING_LIST, "exclude": _STRING_LIST}),
+        "exemptions": _object(
+            {
+                "daemonSetPodCreators": _STRING_LIST,
+                "mirrorPodCreators": _object(
+                    {"nodeUserPrefix": {"type": "string"}, "nodeGroup": {"type": "string"}}
+                ),
+            }
+        ),
         "faultTolerant": {
             "type": "object",
             "properties": {

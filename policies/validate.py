@@ -5,25 +5,35 @@ required node-affinity term), or, on untainted spot nodes, by accident; the last
 closed by the mutating ``keep-off-spot`` rule, and a pod put on a node directly
 (``spec.nodeName``) is checked against that node's labels. "Pods that must stay off spot"
 are those not fault-tolerant and the poor candidates among those that are
-(:mod:`policies.candidates`). Each violation names the field and the fix.
+(:mod:`policies.candidates`). Pods that will go to spot are also checked for what spot
+asks of them: a grace period and a checkpoint that fit the notice window, and steering
+annotations the checkpoint hook can follow. Each violation names the field and the fix.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
+from policies.annotations import (
+    CHECKPOINT_CONTAINERS,
+    PRESTOP_COMMAND,
+    checkpoint_containers,
+    pre_stop_command,
+)
 from policies.budget import checkpoint_budget_violations
 from policies.candidates import OffSpotReason, is_fault_tolerant, off_spot_reasons
 from policies.decisions import PodContext, ValidationDecision, Violation
 from policies.model import Mode, Policy, Rule
 from policies.nodes import spot_node_violations
 from policies.placement import spot_exclusion, spot_selection
-from policies.pods import is_node_agent, spec_of
+from policies.pods import annotations_of, chosen_grace, regular_containers, spec_of
 from policies.selectors import parse_placement, parse_toleration
 
 #: Requests that never put a pod anywhere: nothing to check.
 _UNCHECKED_OPERATIONS = frozenset({"DELETE", "CONNECT"})
+_TOLERATION_FIELD = re.compile(r"^spec\.tolerations\[(\d+)\]")
 
 
 def validate_pod(
@@ -39,22 +49,27 @@ def validate_pod(
     ``opted_in`` counts the pod as fault-tolerant whatever its labels: a template whose
     workload kind an operator preset opts in (its pods will carry the operator's labels).
     A pod created with ``spec.nodeName`` is checked against that node's labels, looked up
-    through ``context.cluster``.
+    through ``context.cluster``. On UPDATE the only placement field a pod may change is
+    its tolerations (it may only add some), so an update is judged on the tolerations it
+    adds: labels, annotations and status change all the time on running pods, and a pod
+    admitted before spotguard (or this policy) must not have every later update denied.
+    Whether the pod is exempt (a DaemonSet or mirror pod) is the caller's question, asked
+    from the request's identity (:mod:`policies.exemptions`), never from the pod's fields.
     """
     if context.operation in _UNCHECKED_OPERATIONS:
         return ValidationDecision()
-    if not policy.applies_to_namespace(context.namespace) or is_node_agent(pod):
+    if not policy.applies_to_namespace(context.namespace):
         return ValidationDecision()
     if context.operation == "UPDATE" and not _placement_changed(pod, old_pod):
-        # Controllers update labels, annotations and status of running pods all the time;
-        # rejecting those would wedge them. Placement fields are what this policy guards.
         return ValidationDecision()
     fault_tolerant = is_fault_tolerant(pod, policy, opted_in)
+    reasons = off_spot_reasons(pod, context, policy, fault_tolerant)
     violations: list[Violation] = []
-    if fault_tolerant:
+    if fault_tolerant and not any(reason.mode is Mode.ENFORCE for reason in reasons):
+        # Going to spot: what spot asks of it. Pods kept off spot get none of this.
         violations += _grace_period_violations(pod, policy)
         violations += checkpoint_budget_violations(pod, policy)
-    reasons = off_spot_reasons(pod, context, policy, fault_tolerant)
+        violations += steering_violations(pod, policy)
     for reason in reasons:
         violations += spot_placement_violations(pod, policy, reason)
     warnings: list[str] = []
@@ -64,6 +79,8 @@ def validate_pod(
             str(node_name), reasons, context, policy, binding=False
         )
         violations += found
+    if context.operation == "UPDATE" and old_pod is not None:
+        violations = _added_by_update(violations, pod, old_pod)
     return ValidationDecision(
         violations=tuple(v for v in violations if v.mode is not Mode.OFF),
         warnings=tuple(warnings),
@@ -75,6 +92,42 @@ def _placement_changed(pod: Mapping[str, Any], old_pod: Mapping[str, Any] | None
     if old_pod is None:
         return True
     return spec_of(pod).get("tolerations") != spec_of(old_pod).get("tolerations")
+
+
+def _added_by_update(
+    violations: list[Violation], pod: Mapping[str, Any], old_pod: Mapping[str, Any]
+) -> list[Violation]:
+    """The violations an update causes: those of the tolerations it adds."""
+    old = spec_of(old_pod).get("tolerations") or []
+    new = spec_of(pod).get("tolerations") or []
+    kept: list[Violation] = []
+    for violation in violations:
+        match = _TOLERATION_FIELD.match(violation.field)
+        if match and int(match[1]) < len(new) and new[int(match[1])] not in old:
+            kept.append(violation)
+    return kept
+
+
+def steering_violations(pod: Mapping[str, Any], policy: Policy) -> list[Violation]:
+    """Steering annotations the injected hook cannot follow (rule ``inject``).
+
+    A typo in ``checkpoint-containers`` would otherwise hook nothing while the pod still
+    goes to spot, and a malformed ``prestop-command`` would run as shell text.
+    """
+    mode = policy.mode_of(Rule.INJECT)
+    if mode is Mode.OFF or not policy.inject.pre_stop.enabled:
+        return []
+    annotations = annotations_of(pod)
+    names = [str(c.get("name")) for c in regular_containers(spec_of(pod))]
+    problems = [
+        pre_stop_command(annotations.get(PRESTOP_COMMAND))[1],
+        checkpoint_containers(annotations.get(CHECKPOINT_CONTAINERS), names)[1],
+    ]
+    return [
+        Violation(Rule.INJECT, mode, p.field, p.problem, p.fix, p.brief)
+        for p in problems
+        if p is not None
+    ]
 
 
 def spot_placement_violations(
@@ -166,7 +219,7 @@ def _describe(expression: Mapping[str, Any]) -> str:
 
 def _grace_period_violations(pod: Mapping[str, Any], policy: Policy) -> list[Violation]:
     mode = policy.mode_of(Rule.GRACE_PERIOD_FITS_NOTICE)
-    grace = spec_of(pod).get("terminationGracePeriodSeconds")
+    grace = chosen_grace(spec_of(pod), policy.inject.termination_grace_period)
     if mode is Mode.OFF or grace is None or grace <= policy.notice_seconds:
         return []
     return [

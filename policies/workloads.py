@@ -16,7 +16,8 @@ from typing import Any
 
 from policies.model import Policy, TemplateLocation, WorkloadKind
 from policies.paths import Location, locate, render
-from policies.pods import JSONObject, shape_problems
+from policies.pods import JSONObject
+from policies.shapes import MAX_PROBLEMS, POD, POD_SPEC, WORKLOAD, problems_of
 
 
 @dataclass(frozen=True)
@@ -100,30 +101,20 @@ def template_pod(obj: Mapping[str, Any], template: Template, namespace: str) -> 
 
 
 def object_shape_problems(obj: Any, policy: Policy) -> list[str]:
-    """Where a reviewed object's templates are not shaped like what the rules read.
-
-    The counterpart of :func:`policies.pods.shape_problems` for workloads, with the same
-    ``object.``-prefixed paths: the transport answers HTTP 400 with them instead of letting
-    a CRD object with a malformed template (CRDs may preserve unknown fields) crash a rule.
-    """
+    """Where a reviewed object, or one of its templates, is not shaped like what the rules
+    read, with ``object.``-prefixed paths (``object.spec.template.spec.containers: must be
+    a list``). CRDs may preserve unknown fields, so a template may hold anything."""
     if not isinstance(obj, dict):
         return ["object: must be a mapping"]
-    workload = workload_of(obj, policy)
-    if workload is None:
-        return []
-    problems: list[str] = []
+    workload = workload_of(obj, policy) if isinstance(obj.get("kind"), str) else None
+    problems = problems_of(obj, WORKLOAD, "object")
+    if workload is None or problems:
+        return problems
     for entry in workload.templates:
         for location, node in locate(obj, entry.path):
-            where = f"object.{render(location)}"
-            if not isinstance(node, dict):
-                problems.append(f"{where}: must be a mapping")
-                continue
-            if entry.pod_spec:
-                found = shape_problems({"spec": node})
-                problems += [where + p.removeprefix("object.spec") for p in found]
-            else:
-                problems += [where + p.removeprefix("object") for p in shape_problems(node)]
-    return problems
+            shape = POD_SPEC if entry.pod_spec else POD
+            problems += problems_of(node, shape, f"object.{render(location)}")
+    return problems[:MAX_PROBLEMS]
 
 
 def webhook_rules(policy: Policy, webhook: str) -> list[JSONObject]:

@@ -10,9 +10,12 @@ from typing import Any
 import jsonpatch
 import pytest
 from flask.testing import FlaskClient
+from prometheus_client import CollectorRegistry
 
 from devtools.reviews import plain_pod, review, training_pod
 from policies.loader import parse_policy_text
+from webhook.app import WebhookSettings, create_app
+from webhook.metrics import Metrics
 from webhook.policy_store import PolicyStore
 
 
@@ -121,15 +124,24 @@ def test_excluded_namespace_is_left_alone(client: FlaskClient) -> None:
 
 
 def test_an_internal_error_still_answers_a_well_formed_review(
-    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+    store: PolicyStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     def broken(*_: Any) -> Any:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr("webhook.admission.mutate_pod", broken)
-    response = post(client, "/mutate", review(training_pod()))
+    metrics = Metrics.create(CollectorRegistry())
+    client = create_app(WebhookSettings(policies=store, metrics=metrics)).test_client()
+    monkeypatch.setattr("webhook.admission.review", broken)
+    body = review(training_pod(), uid="uid-of-the-failed-review")
+    response = post(client, "/mutate", body)
     assert response["allowed"] is True
     assert "internal error" in response["warnings"][0]
+    assert (
+        metrics.registry.get_sample_value("spotguard_internal_errors_total", {"webhook": "mutate"})
+        == 1
+    )
+    failed = [r for r in caplog.records if r.getMessage().startswith("review failed")]
+    assert [r.fields["uid"] for r in failed] == ["uid-of-the-failed-review"]  # type: ignore[attr-defined]
 
 
 def test_a_bad_policy_revision_keeps_the_last_good_one(

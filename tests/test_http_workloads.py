@@ -18,7 +18,7 @@ class StandInCluster:
     """Node labels and pods as a watch cache would serve them."""
 
     def __init__(self, pods: dict[str, dict[str, Any]]) -> None:
-        self.facts = ClusterFacts.from_data({"spot-1": SPOT_NODE, "od-1": {}})
+        self.facts = ClusterFacts.from_data({"spot-1": SPOT_NODE, "od-1": {}}, pods=pods)
         self._pods = pods
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:

@@ -34,6 +34,13 @@ def without_namespace() -> bytes:
     return json.dumps(body).encode()
 
 
+def nested(levels: int) -> bytes:
+    """A review whose pod has a field nested ``levels`` deep (built as text: no recursion)."""
+    body = json.dumps(review(training_pod()))
+    deep = '{"a":' * levels + "1" + "}" * levels
+    return body.replace('"spec": {', f'"status": {deep}, "spec": {{', 1).encode()
+
+
 def pod_with(**spec: Any) -> bytes:
     pod = training_pod()
     pod["spec"].update(spec)
@@ -88,6 +95,34 @@ CASES: list[tuple[str, bytes, str, str]] = [
     ("UPDATE without oldObject", with_request(operation="UPDATE"), JSON, "request.oldObject"),
     ("no namespace anywhere", without_namespace(), JSON, "request.namespace: missing"),
     ("spec not a mapping", with_request(object={"kind": "Pod", "spec": []}), JSON, "object.spec"),
+    (
+        "spec null",
+        with_request(object={"kind": "Pod", "metadata": {}, "spec": None}),
+        JSON,
+        "request.object.spec: must be a mapping, not null",
+    ),
+    (
+        "metadata null",
+        with_request(object={"kind": "Pod", "metadata": None, "spec": {}}),
+        JSON,
+        "request.object.metadata: must be a mapping, not null",
+    ),
+    (
+        "userInfo not a mapping",
+        with_request(userInfo=["alice"]),
+        JSON,
+        "request.userInfo: must be a mapping",
+    ),
+    (
+        "groups not a list",
+        with_request(userInfo={"username": "system:node:n1", "groups": "system:nodes"}),
+        JSON,
+        "request.userInfo.groups: must be a list",
+    ),
+    ("subResource not a string", with_request(subResource=["binding"]), JSON, "subResource"),
+    ("nested past the domain's bound", nested(200), JSON, "nested deeper than 100 levels"),
+    ("nested past the parser's bound", nested(5000), JSON, "not valid JSON"),
+    ("nested absurdly", nested(40_000), JSON, "not valid JSON"),
     ("containers not a list", pod_with(containers={"a": 1}), JSON, "spec.containers: must be"),
     ("toleration not a mapping", pod_with(tolerations=["spot"]), JSON, "spec.tolerations[0]"),
     (

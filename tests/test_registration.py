@@ -256,6 +256,15 @@ def test_relevance_order() -> None:
     )
 
 
+def test_only_ignore_true_opts_a_namespace_out() -> None:
+    for name in ("mutate.spotguard.dev", "validate.spotguard.dev"):
+        selector = registrations()[name]["namespaceSelector"]
+        assert isinstance(selector, dict)
+        [ignore] = [e for e in selector["matchExpressions"] if e["key"] == "spotguard.dev/ignore"]
+        # NotIn selects namespaces without the label too; "false" or "yes" never opt out.
+        assert ignore == {"key": "spotguard.dev/ignore", "operator": "NotIn", "values": ["true"]}
+
+
 def configmap_review(text: str | None) -> dict[str, Any]:
     configmap = {
         "apiVersion": "v1",

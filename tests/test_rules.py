@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 
 from devtools.reviews import training_pod
-from policies.budget import parse_size
 from policies.decisions import PodContext
 from policies.loader import default_policy, parse_policy_text
 from policies.model import LabelSelector, SelectorRequirement
@@ -92,12 +91,3 @@ def test_grace_period_set_only_when_unchosen() -> None:
     del pod["spec"]["terminationGracePeriodSeconds"]
     mutated = mutate_pod(pod, PodContext("ml"), default_policy()).mutated
     assert mutated is not None and mutated["spec"]["terminationGracePeriodSeconds"] == 15
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [("16Gi", 16 * 2**30), ("500M", 500 * 10**6), ("1.5G", 1_500_000_000), ("42", 42),
-     ("2Ti", 2 * 2**40), ("twelve", None), ("-1Gi", None), ("16 GB", None)],
-)  # fmt: skip
-def test_checkpoint_sizes_are_kubernetes_quantities(text: str, expected: int | None) -> None:
-    assert parse_size(text) == expected

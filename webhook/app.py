@@ -18,7 +18,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from policies.model import Policy
-from webhook.admission import Outcome, Reviewer, validate_policy_configmap
+from webhook.admission import Outcome, Result, Reviewer, validate_policy_configmap
 from webhook.cluster import NO_CLUSTER, ClusterAccess
 from webhook.metrics import Metrics
 from webhook.policy_store import PolicyView
@@ -102,15 +102,8 @@ def create_app(settings: WebhookSettings) -> Flask:
                 response, outcome = handler(review, policy)
             except BadReview as error:  # what is reviewed is malformed, or not reviewed
                 return _error(400, f"malformed AdmissionReview: {error}")
-            except Exception:
-                log.exception(
-                    "review failed, admitting unchanged",
-                    extra={"fields": {"uid": review.uid, "webhook": name}},
-                )
-                response = allow(
-                    warnings=[f"spotguard internal error: pod admitted unchanged by {name}"]
-                )
-                outcome = Outcome(name, "error", str(policy.mode))
+            except Exception:  # noqa: BLE001 - a bug: answered as failurePolicy Ignore would
+                response, outcome = _internal_error(name, review, policy, metrics)
             elapsed = time.perf_counter() - started
             _log_review(review, outcome, policy, elapsed)
             if metrics is not None:
@@ -179,16 +172,32 @@ def create_app(settings: WebhookSettings) -> Flask:
     return app
 
 
+def _internal_error(
+    name: str, review: Review, policy: Policy, metrics: Metrics | None
+) -> tuple[AdmissionResponse, Outcome]:
+    """A bug: answer as failurePolicy Ignore would, but never silently (log with the review
+    uid and the traceback, count it)."""
+    log.exception(
+        "review failed, admitting unchanged", extra={"fields": {"uid": review.uid, "webhook": name}}
+    )
+    if metrics is not None:
+        metrics.internal_errors.labels(name).inc()
+    response = allow(warnings=[f"spotguard internal error: pod admitted unchanged by {name}"])
+    return response, Outcome(name, Result.ERROR, policy.mode)
+
+
 def _count(metrics: Metrics, review: Review, outcome: Outcome, elapsed: float) -> None:
-    metrics.reviews.labels(outcome.webhook, review.operation, outcome.result, outcome.mode).inc()
+    mode = str(outcome.mode)
+    metrics.reviews.labels(outcome.webhook, review.operation, outcome.result.value, mode).inc()
     metrics.latency.labels(outcome.webhook).observe(elapsed)
-    metrics.count_changes(outcome.changes, outcome.mode)
-    for rule, mode in outcome.rule_modes:
-        metrics.violations.labels(rule, mode).inc()
+    metrics.count_changes(outcome.changes, mode)
+    for rule, rule_mode in outcome.rule_modes:
+        metrics.violations.labels(rule.value, str(rule_mode)).inc()
 
 
 def _log_review(review: Review, outcome: Outcome, policy: Policy, elapsed: float) -> None:
-    metadata = review.pod.get("metadata") or {}
+    metadata = review.object.get("metadata")
+    metadata = metadata if isinstance(metadata, dict) else {}
     log.info(
         "%s %s",
         outcome.webhook,
@@ -200,11 +209,13 @@ def _log_review(review: Review, outcome: Outcome, policy: Policy, elapsed: float
                 "webhook": outcome.webhook,
                 "operation": review.operation,
                 "namespace": review.namespace,
-                "pod": metadata.get("name") or metadata.get("generateName"),
+                "kind": review.gvk[2],
+                "name": metadata.get("name") or metadata.get("generateName"),
                 "dryRun": review.dry_run,
-                "result": outcome.result,
-                "mode": outcome.mode,
+                "result": outcome.result.value,
+                "mode": str(outcome.mode),
                 "rule": outcome.rule,
+                "exemption": outcome.exemption or None,
                 # Kinds, not details: the policy revision and the pod say the rest, and a
                 # short line keeps logging cheap at thousands of reviews per second.
                 "injected": sorted({c.kind for c in outcome.changes}),

@@ -25,12 +25,9 @@ import yaml
 from certs.kube import Target, ensure
 from certs.lifecycle import Wanted
 from certs.pki import generate_pair, service_dns_names
-from policies.decisions import PodContext
 from policies.loader import PolicyError, default_policy, parse_policy_text
-from policies.model import Mode, Policy
-from policies.mutate import describe_changes, mutate_pod
-from policies.patch import make_patch
-from policies.validate import validate_pod
+from policies.model import Policy
+from policies.review import Malformed, Phase, Request, Verdict, review
 from webhook.cluster import KubeCluster, WatchedCluster
 from webhook.logs import configure
 from webhook.metrics import MULTIPROC_ENV
@@ -75,26 +72,29 @@ def _pods(path: Path) -> list[dict[str, Any]]:
     return documents
 
 
-def _context(pod: dict[str, Any], namespace: str | None) -> PodContext:
-    return PodContext(
-        namespace=namespace or (pod.get("metadata") or {}).get("namespace") or "default"
-    )
+def _review(pod: dict[str, Any], args: argparse.Namespace, policy: Policy, phase: Phase) -> Verdict:
+    """The verdict on one manifest, as the webhooks would give it (no requester: offline)."""
+    try:
+        verdict = review(Request.for_object(pod, namespace=args.namespace), policy, phases=phase)
+    except Malformed as error:
+        raise CLIError(f"{args.filename}: {error}") from None
+    if verdict.exemption:
+        print(f"spotguard: {verdict.description}: {verdict.exemption}", file=sys.stderr)
+    return verdict
 
 
 def cmd_mutate(args: argparse.Namespace) -> int:
     policy = _load_policy(args.policy)
     outputs: list[Any] = []
     for pod in _pods(args.filename):
-        decision = mutate_pod(pod, _context(pod, args.namespace), policy)
-        for warning in decision.warnings:
+        verdict = _review(pod, args, policy, Phase.MUTATE)
+        for warning in verdict.mutation_warnings:
             print(f"Warning: {warning}", file=sys.stderr)
-        changed = decision.mutated if decision.mode is Mode.ENFORCE and decision.mutated else pod
-        if decision.mode is Mode.AUDIT and decision.changes:
-            print(
-                f"Warning: audit mode, would inject {describe_changes(decision.changes)}",
-                file=sys.stderr,
-            )
-        outputs.append(make_patch(pod, changed) if args.patch else changed)
+        mutation = verdict.mutation
+        if args.patch:
+            outputs.append(mutation.patch() if mutation else [])
+        else:
+            outputs.append(mutation.patched if mutation and mutation.patched else pod)
     if args.patch:
         print(json.dumps(outputs[0] if len(outputs) == 1 else outputs, indent=2))
     else:
@@ -103,16 +103,19 @@ def cmd_mutate(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """Judge each pod as the cluster would: mutated first, then validated."""
     policy = _load_policy(args.policy)
     status = EXIT_OK
     for pod in _pods(args.filename):
         name = (pod.get("metadata") or {}).get("name", "(unnamed)")
-        decision = validate_pod(pod, _context(pod, args.namespace), policy)
-        for violation in decision.audited:
+        verdict = _review(pod, args, policy, Phase.BOTH)
+        for warning in verdict.validation.warnings if verdict.validation else ():
+            print(f"Warning: {name}: {warning}", file=sys.stderr)
+        for violation in verdict.validation.audited if verdict.validation else ():
             print(f"Warning: {name}: {violation.message()} (audit mode)", file=sys.stderr)
-        if decision.denials:
+        if verdict.denials:
             status = EXIT_DENIED
-            for violation in decision.denials:
+            for violation in verdict.denials:
                 print(f"DENIED {name}: {violation.message()}")
         else:
             print(f"ALLOWED {name}")

@@ -29,6 +29,7 @@ class Metrics:
     injections: Any
     violations: Any
     policy_reloads: Any
+    internal_errors: Any
     policy_stale: Any
     registration_covers: Any
     certificate_expiry: Any
@@ -76,6 +77,12 @@ class Metrics:
                 "spotguard_policy_reloads",
                 "Policy revisions seen, by result (loaded or refused).",
                 ["result"],
+                **kwargs,
+            ),
+            internal_errors=Counter(
+                "spotguard_internal_errors",
+                "Reviews that failed with an internal error (admitted unchanged), by webhook.",
+                ["webhook"],
                 **kwargs,
             ),
             policy_stale=Gauge(

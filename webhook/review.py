@@ -12,7 +12,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, TypedDict, cast
 
-from policies.pods import JSONObject, shape_problems
+import orjson
+
+from policies.pods import JSONObject
 
 SUPPORTED_API_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
 OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
@@ -39,6 +41,7 @@ class AdmissionRequest(TypedDict, total=False):
     operation: str
     object: JSONObject | None
     oldObject: JSONObject | None
+    userInfo: dict[str, Any]
     dryRun: bool
 
 
@@ -60,7 +63,8 @@ class AdmissionResponse(TypedDict, total=False):
 
 @dataclass(frozen=True)
 class Review:
-    """A parsed, checked AdmissionReview of a Pod."""
+    """A parsed AdmissionReview whose envelope is checked; what it is about is the domain's
+    to check (:func:`policies.review.review` raises ``Malformed``)."""
 
     api_version: str
     request: AdmissionRequest
@@ -88,13 +92,21 @@ class Review:
         return self.request.get("subResource") or ""
 
     @property
-    def pod(self) -> JSONObject:
+    def name(self) -> str:
+        return self.request.get("name") or ""
+
+    @property
+    def object(self) -> JSONObject:
         """The object under review: the new one, or the old one for DELETE."""
         return self.request.get("object") or self.request.get("oldObject") or {}
 
     @property
-    def old_pod(self) -> JSONObject | None:
+    def old_object(self) -> JSONObject | None:
         return self.request.get("oldObject")
+
+    @property
+    def user_info(self) -> Any:
+        return self.request.get("userInfo")
 
     @property
     def dry_run(self) -> bool:
@@ -102,10 +114,14 @@ class Review:
 
 
 def parse_review(body: bytes) -> Review:
-    """Decode and check a review body; raise BadReview naming the first problem found."""
+    """Decode and check a review body; raise BadReview naming the first problem found.
+
+    orjson decodes without Python recursion and refuses nesting deeper than 1024 levels,
+    so no body reaches Python's recursion limit here (the domain bounds nesting further).
+    """
     try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
         raise BadReview(f"body is not valid JSON: {error}") from None
     if not isinstance(document, dict):
         raise BadReview("body must be a JSON object (an AdmissionReview)")
@@ -130,11 +146,13 @@ def parse_review(body: bytes) -> Review:
         isinstance(kind.get(k), str) for k in ("group", "version", "kind")
     ):
         raise BadReview("request.kind: must be an object with group, version and kind")
+    for field in ("subResource", "name"):
+        if request.get(field) is not None and not isinstance(request[field], str):
+            raise BadReview(f"request.{field}: must be a string")
     _check_objects(request, operation, kind["kind"])
     if not isinstance(request.get("namespace"), str) or not request["namespace"]:
-        namespace = (
-            (request.get("object") or request.get("oldObject") or {}).get("metadata") or {}
-        ).get("namespace")
+        metadata = (request.get("object") or request.get("oldObject") or {}).get("metadata")
+        namespace = metadata.get("namespace") if isinstance(metadata, dict) else None
         if not isinstance(namespace, str) or not namespace:
             raise BadReview("request.namespace: missing (Pods are namespaced)")
         request["namespace"] = namespace
@@ -156,17 +174,6 @@ def _check_objects(request: dict[str, Any], operation: str, kind: str) -> None:
             raise BadReview(f"request.{field}: must be an object")
         if not sub_resource and value.get("kind") not in (None, kind):
             raise BadReview(f"request.{field}.kind: must be {kind}, got {value.get('kind')!r}")
-
-
-def check_pod_shape(review: Review) -> None:
-    """Raise BadReview where a pod (object or oldObject) is not shaped like a Pod."""
-    for field in ("object", "oldObject"):
-        value = review.request.get(field)
-        if isinstance(value, dict):
-            problems = shape_problems(value)
-            if problems:
-                prefix = f"request.{field}"
-                raise BadReview("; ".join(prefix + p.removeprefix("object") for p in problems))
 
 
 def response_body(

@@ -378,6 +378,9 @@ def test_webhooks_never_review_spotguards_own_namespace(base: list[Manifest]) ->
                 continue
             assert not namespace_selected(selector, labels)
             assert namespace_selected(selector, {"team": "ml"})
+            # Only ignore=true opts a namespace out; "false" must not.
+            assert not namespace_selected(selector, {"spotguard.dev/ignore": "true"})
+            assert namespace_selected(selector, {"spotguard.dev/ignore": "false"})
     mutating = find(base, "MutatingWebhookConfiguration", "spotguard")
     assert mutating["webhooks"][0]["reinvocationPolicy"] == "IfNeeded"
 
