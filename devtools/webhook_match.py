@@ -57,9 +57,13 @@ def request(
     username: str = "alice",
     groups: Iterable[str] = ("system:authenticated",),
     name: str = "",
+    registrations: Path | None = None,
 ) -> JSONObject:
-    """One admission request as the tool reads it (a pod CREATE by default)."""
+    """One admission request as the tool reads it (a pod CREATE by default).
+    ``registrations``: a file of configurations to decide it by (:func:`write_registrations`)
+    instead of the matcher's own."""
     return {
+        "registrations": str(registrations) if registrations else "",
         "id": str(next(_ids)),
         "operation": operation,
         "kind": {"group": group, "version": version, "kind": kind},
@@ -74,19 +78,29 @@ def request(
     }
 
 
+def write_registrations(registrations: Iterable[JSONObject], path: Path) -> Path:
+    """Write configurations where the tool reads them (a request may name the file)."""
+    path.write_text("\n---\n".join(json.dumps(item) for item in registrations))
+    return path
+
+
 class Matcher:
-    """A running webhook-match for one set of registrations; use as a context manager.
+    """A running webhook-match; use as a context manager.
 
     Starting the tool compiles every match condition (seconds on a busy machine), so a
-    test keeps one running and sends it batch after batch.
+    test keeps one running and sends it batch after batch: decided by ``registrations``,
+    or by the file each request names (each compiled once).
     """
 
-    def __init__(self, registrations: Iterable[JSONObject], *, echo: bool = False) -> None:
+    def __init__(
+        self, registrations: Iterable[JSONObject] | None = None, *, echo: bool = False
+    ) -> None:
         binary = ensure_webhook_match()
         self._tmp = tempfile.TemporaryDirectory(prefix="webhook-match-")
-        path = Path(self._tmp.name) / "registrations.yaml"
-        path.write_text("\n---\n".join(json.dumps(item) for item in registrations))
-        command = [str(binary), "-registrations", str(path)] + (["-echo"] if echo else [])
+        command = [str(binary)] + (["-echo"] if echo else [])
+        if registrations is not None:
+            path = write_registrations(registrations, Path(self._tmp.name) / "registrations.yaml")
+            command += ["-registrations", str(path)]
         self._process = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,

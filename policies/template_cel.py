@@ -48,7 +48,7 @@ class _Bound:
     spec: str
     labels: str
     annotations: str
-    owners: str  # a list (empty where there are none)
+    owners: str  # a list: the object under review, the owner of the template's pods
     opted_in: bool
     spec_only: bool
 
@@ -57,12 +57,6 @@ def _map_or_empty(expression: str, key: str) -> str:
     value = cel.field(expression, key)
     guard = all_of(cel.is_map(expression), f"{cel.string(key)} in {expression}", cel.is_map(value))
     return f"{guard} ? {value} : {{}}"
-
-
-def _list_or_empty(expression: str, key: str) -> str:
-    value = cel.field(expression, key)
-    guard = all_of(cel.is_map(expression), f"{cel.string(key)} in {expression}", cel.is_list(value))
-    return f"{guard} ? {value} : []"
 
 
 class TemplateQuestions:
@@ -82,20 +76,17 @@ class TemplateQuestions:
             self.names("owners"),
         )
         bound = _Bound(spec, labels, annotations, owners, pod.opted_in, pod.spec_only)
-        inner = body(bound)
+        # The pods a template makes are owned by the object under review, whatever owners
+        # the template's metadata names (policies.workloads.template_pod): the object
+        # itself is the one owner reference the rules see.
+        inner = cel.bind("[object]", owners, body(bound))
         if pod.spec_only:
-            inner = cel.bind(
-                "{}", labels, cel.bind("{}", annotations, cel.bind("[]", owners, inner))
-            )
+            inner = cel.bind("{}", labels, cel.bind("{}", annotations, inner))
             return cel.bind(f"{cel.is_map(pod.node)} ? {pod.node} : {{}}", spec, inner)
         inner = cel.bind(
             _map_or_empty(meta, "labels"),
             labels,
-            cel.bind(
-                _map_or_empty(meta, "annotations"),
-                annotations,
-                cel.bind(_list_or_empty(meta, "ownerReferences"), owners, inner),
-            ),
+            cel.bind(_map_or_empty(meta, "annotations"), annotations, inner),
         )
         inner = cel.bind(_map_or_empty(pod.node, "metadata"), meta, inner)
         return cel.bind(_map_or_empty(pod.node, "spec"), spec, inner)
@@ -212,7 +203,7 @@ class TemplateQuestions:
         """A trait of a poor spot candidate (stateful owner, latency-critical, local data)."""
         p = self.r.poor
         parts: list[str] = []
-        if p.owner_kinds and not pod.spec_only:
+        if p.owner_kinds:
             o = self.names("o")
             kinds = cel.strings(p.owner_kinds)
             parts.append(

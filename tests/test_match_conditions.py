@@ -33,13 +33,20 @@ from hypothesis import strategies as st
 
 from devtools.webhook_match import Decision, Matcher, compile_errors, decide
 from devtools.webhook_match import request as admission_request
-from policies.decisions import ClusterFacts, PodContext
+from policies.decisions import ClusterFacts
 from policies.loader import default_policy, parse_policy_text
-from policies.model import Mode, Policy
-from policies.mutate import mutate_pod
-from policies.objects import mutate_object, validate_object
+from policies.model import Policy
+from policies.pods import JSONObject
 from policies.relevance import Relevance, missing_coverage, relevance_of
-from policies.validate import validate_pod
+from policies.review import (
+    GroupVersionKind,
+    Malformed,
+    Operation,
+    Phase,
+    Request,
+    requester_from_user_info,
+    review,
+)
 from tests import relevance_strategies as gen
 from webhook.registration import (
     MUTATING_WEBHOOK,
@@ -90,19 +97,19 @@ POLICIES = {
 }
 
 
-def harvest(strategy: st.SearchStrategy[Any], count: int) -> list[Any]:
-    """``count`` values drawn by Hypothesis (deterministically), to check under every policy:
-    the evaluator and the rules are fast, drawing is what costs."""
+def harvest(strategy: st.SearchStrategy[Any], count: int, batch: int = BATCH) -> list[Any]:
+    """``count`` values drawn by Hypothesis (deterministically, ``batch`` per example), to
+    check under every policy: the evaluator and the rules are fast, drawing is what costs."""
     drawn: list[Any] = []
 
     @settings(
-        max_examples=max(1, count // BATCH),
+        max_examples=max(1, count // batch),
         deadline=None,
         database=None,
         derandomize=True,
         suppress_health_check=list(HealthCheck),
     )
-    @given(st.lists(strategy, min_size=BATCH, max_size=BATCH))
+    @given(st.lists(strategy, min_size=batch, max_size=batch))
     def draw(batch: list[Any]) -> None:
         drawn.extend(batch)
 
@@ -191,84 +198,119 @@ def workloads() -> list[tuple[str, Any, str, Any]]:
     return harvest(_workloads, CORPUS // 2)
 
 
-def _context(operation: str = "CREATE") -> PodContext:
-    return PodContext(NAMESPACE, operation, FACTS)
-
-
 def _no_errors(decision: Decision) -> None:
     assert not decision.errors, f"a match condition failed (a bypass): {decision.errors}"
 
 
-def _mutation_output(pod: dict[str, Any], policy: Policy) -> tuple[Any, ...]:
-    decision = mutate_pod(pod, _context(), policy)
-    return decision.changes + decision.warnings
+def judged(sent: dict[str, Any], decision: Decision) -> Request:
+    """The request as spotguard's entry point gets it: the object as the API server
+    decoded and defaulted it (what the conditions saw)."""
+    kind = sent["kind"]
+    return Request(
+        GroupVersionKind(kind["group"], kind["version"], kind["kind"]),
+        Operation(sent["operation"]),
+        sent["namespace"],
+        decision.object,
+        decision.old_object,
+        sent["subResource"],
+        sent["name"],
+        requester_from_user_info(sent["userInfo"]),
+    )
 
 
-def _validation_output(
-    pod: dict[str, Any],
-    policy: Policy,
-    operation: str = "CREATE",
-    old: dict[str, Any] | None = None,
+def mutation_output(
+    request: Request, policy: Policy, facts: ClusterFacts = FACTS
 ) -> tuple[Any, ...]:
-    decision = validate_pod(pod, _context(operation), policy, old)
-    return decision.violations + decision.warnings
+    """Everything the mutating webhook would answer beyond "allowed": a patch, what audit
+    mode would change, warnings. A malformed request is answered 400, which failurePolicy
+    Ignore treats as a skip."""
+    try:
+        verdict = review(request, policy, facts, Phase.MUTATE)
+    except Malformed:
+        return ()
+    mutation = verdict.mutation
+    if mutation is None:
+        return ()
+    patched = (mutation.patched,) if mutation.patched is not None else ()
+    return (*patched, *mutation.changes, *mutation.audited, *mutation.warnings)
+
+
+def validation_output(
+    request: Request, policy: Policy, facts: ClusterFacts = FACTS
+) -> tuple[Any, ...]:
+    """Every violation (of any mode) and warning the validating webhook would answer."""
+    try:
+        verdict = review(request, policy, facts, Phase.VALIDATE)
+    except Malformed:
+        return ()
+    return (*verdict.violations, *verdict.validation_warnings)
+
+
+def mutated(request: Request, policy: Policy, facts: ClusterFacts = FACTS) -> JSONObject | None:
+    """The object as spotguard's mutation leaves it, when it patches it."""
+    try:
+        verdict = review(request, policy, facts, Phase.MUTATE)
+    except Malformed:
+        return None
+    return verdict.mutation.patched if verdict.mutation else None
 
 
 def test_skipped_pod_creates_need_nothing(proof: Proof, pods: list[dict[str, Any]]) -> None:
-    mutated: list[dict[str, Any]] = []
-    for decision in proof.decide([admission_request(p, namespace=NAMESPACE) for p in pods]):
+    sent = [admission_request(p, namespace=NAMESPACE) for p in pods]
+    patched: list[dict[str, Any]] = []
+    for request, decision in zip(sent, proof.decide(sent), strict=True):
         _no_errors(decision)
         if decision.decode_error or decision.object is None:
             continue
-        pod = decision.object
         proof.count("pod creates")
+        asked = judged(request, decision)
         if not decision.called(MUTATING_WEBHOOK):
-            assert not _mutation_output(pod, proof.policy), f"mutation skipped for {pod}"
+            assert not mutation_output(asked, proof.policy), f"mutation skipped: {asked}"
         if not decision.called(VALIDATING_WEBHOOK):
-            assert not _validation_output(pod, proof.policy), f"validation skipped for {pod}"
-        result = mutate_pod(pod, _context(), proof.policy)
-        if result.mode is Mode.ENFORCE and result.mutated is not None:
-            mutated.append(result.mutated)
+            assert not validation_output(asked, proof.policy), f"validation skipped: {asked}"
+        after = mutated(asked, proof.policy)
+        if after is not None:
+            patched.append(after)
     # What the validating webhook sees after spotguard's own mutation.
-    for decision in proof.decide([admission_request(p, namespace=NAMESPACE) for p in mutated]):
+    sent = [admission_request(p, namespace=NAMESPACE) for p in patched]
+    for request, decision in zip(sent, proof.decide(sent), strict=True):
         _no_errors(decision)
         if decision.decode_error or decision.object is None:
             continue
         proof.count("mutated pods")
         if not decision.called(VALIDATING_WEBHOOK):
-            output = _validation_output(decision.object, proof.policy)
-            assert not output, f"validation skipped for mutated {decision.object}"
+            asked = judged(request, decision)
+            assert not validation_output(asked, proof.policy), f"validation skipped: {asked}"
     assert proof.checked["pod creates"] >= len(pods) * 0.9
 
 
 def test_skipped_pod_updates_need_nothing(
     proof: Proof, updates: list[tuple[dict[str, Any], dict[str, Any]]]
 ) -> None:
-    requests = [
+    sent = [
         admission_request(new, old=old, operation="UPDATE", namespace=NAMESPACE)
         for old, new in updates
     ]
-    for decision in proof.decide(requests):
+    for request, decision in zip(sent, proof.decide(sent), strict=True):
         _no_errors(decision)
         if decision.decode_error or decision.object is None:
             continue
         proof.count("pod updates")
         if not decision.called(VALIDATING_WEBHOOK):
-            old = decision.old_object
-            output = _validation_output(decision.object, proof.policy, "UPDATE", old)
-            assert not output, f"update skipped: {old} -> {decision.object}"
+            asked = judged(request, decision)
+            assert not validation_output(asked, proof.policy), f"update skipped: {asked}"
     assert proof.checked["pod updates"] >= len(updates) * 0.9
 
 
 def test_skipped_workload_reviews_need_nothing(
     proof: Proof, workloads: list[tuple[str, Any, str, Any]]
 ) -> None:
-    requests = []
+    sent = []
     for kind, obj, operation, other in workloads:
         _, group, version, resource = WORKLOADS[kind]
         updated = operation != "create"
         old = (obj if operation == "update-unchanged" else other) if updated else None
-        requests.append(
+        sent.append(
             admission_request(
                 obj,
                 group=group,
@@ -280,19 +322,16 @@ def test_skipped_workload_reviews_need_nothing(
                 namespace=NAMESPACE,
             )
         )
-    for decision, sent in zip(proof.decide(requests), requests, strict=True):
+    for request, decision in zip(sent, proof.decide(sent), strict=True):
         _no_errors(decision)
         if decision.decode_error or decision.object is None:
             continue
         proof.count("workloads")
-        context = _context(sent["operation"])
-        obj, old = decision.object, decision.old_object
+        asked = judged(request, decision)
         if not decision.called(WORKLOADS_WEBHOOK):
-            judged = validate_object(obj, context, proof.policy, old)
-            assert not (judged.violations or judged.warnings), f"validation skipped for {obj}"
+            assert not validation_output(asked, proof.policy), f"validation skipped: {asked}"
         if not decision.called(MUTATING_WEBHOOK):
-            changed = mutate_object(obj, context, proof.policy, old)
-            assert not (changed.changes or changed.audited or changed.warnings), obj
+            assert not mutation_output(asked, proof.policy), f"mutation skipped: {asked}"
     assert proof.checked["workloads"] >= len(workloads) * 0.9
 
 

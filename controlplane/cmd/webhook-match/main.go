@@ -12,10 +12,11 @@
 //
 // Usage:
 //
-//	webhook-match -registrations FILE [-echo] < requests.jsonl > decisions.jsonl
+//	webhook-match [-registrations FILE] [-echo] < requests.jsonl > decisions.jsonl
 //	webhook-match -registrations FILE -compile-only
 //
-// Each input line is a JSON object:
+// Each input line is a JSON object (with "registrations": FILE it is decided by that file's
+// configurations, compiled once per file, instead of -registrations'):
 //
 //	{"id": "...", "operation": "CREATE", "kind": {"group": "", "version": "v1", "kind": "Pod"},
 //	 "resource": {"group": "", "version": "v1", "resource": "pods"}, "subResource": "",
@@ -87,6 +88,9 @@ type request struct {
 	DryRun          bool                        `json:"dryRun"`
 	Object          json.RawMessage             `json:"object"`
 	OldObject       json.RawMessage             `json:"oldObject"`
+	// Registrations, if set, names the file of webhook configurations to decide with
+	// instead of -registrations (each file is read and compiled once).
+	Registrations string `json:"registrations"`
 }
 
 type userInfo struct {
@@ -123,17 +127,19 @@ func main() {
 	echo := flag.Bool("echo", false, "echo the decoded and defaulted objects")
 	compileOnly := flag.Bool("compile-only", false, "only compile every match condition and report errors")
 	flag.Parse()
-	if *registrations == "" {
-		fail(errors.New("-registrations is required"))
+	files := &hookFiles{compiled: map[string][]hook{}}
+	if *registrations != "" {
+		hooks, err := files.get(*registrations)
+		if err != nil {
+			fail(err)
+		}
+		if *compileOnly {
+			os.Exit(compileAll(hooks))
+		}
+	} else if *compileOnly {
+		fail(errors.New("-compile-only needs -registrations"))
 	}
-	hooks, err := loadHooks(*registrations)
-	if err != nil {
-		fail(err)
-	}
-	if *compileOnly {
-		os.Exit(compileAll(hooks))
-	}
-	if err := run(hooks, os.Stdin, os.Stdout, *echo); err != nil {
+	if err := run(files, *registrations, os.Stdin, os.Stdout, *echo); err != nil {
 		fail(err)
 	}
 }
@@ -232,7 +238,24 @@ func compileAll(hooks []hook) int {
 	return status
 }
 
-func run(hooks []hook, in io.Reader, out io.Writer, echo bool) error {
+// hookFiles compiles each registrations file once.
+type hookFiles struct {
+	compiled map[string][]hook
+}
+
+func (f *hookFiles) get(path string) ([]hook, error) {
+	if hooks, ok := f.compiled[path]; ok {
+		return hooks, nil
+	}
+	hooks, err := loadHooks(path)
+	if err != nil {
+		return nil, err
+	}
+	f.compiled[path] = hooks
+	return hooks, nil
+}
+
+func run(files *hookFiles, defaultPath string, in io.Reader, out io.Writer, echo bool) error {
 	scanner := bufio.NewScanner(in)
 	scanner.Buffer(make([]byte, 1<<20), 64<<20)
 	writer := bufio.NewWriter(out)
@@ -246,6 +269,17 @@ func run(hooks []hook, in io.Reader, out io.Writer, echo bool) error {
 		var req request
 		if err := json.Unmarshal([]byte(line), &req); err != nil {
 			return fmt.Errorf("bad input line: %w", err)
+		}
+		path := req.Registrations
+		if path == "" {
+			path = defaultPath
+		}
+		if path == "" {
+			return fmt.Errorf("request %s: no registrations (-registrations or \"registrations\")", req.ID)
+		}
+		hooks, err := files.get(path)
+		if err != nil {
+			return err
 		}
 		if err := encoder.Encode(decide(hooks, &req, echo)); err != nil {
 			return err
