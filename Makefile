@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup host-packages demo demo-helm drill images test lint unit e2e controlplane tools bench bench-audit soak fuzz clean
+.PHONY: setup host-packages demo demo-helm drill images test lint unit e2e controlplane tools bench bench-audit bench-apiserver soak fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,9 @@ bench: setup  ## throughput and latency over real gunicorn and TLS: new vs old d
 
 bench-audit: controlplane  ## cluster audit of 5,000 pods on a real kube-apiserver
 	$(BIN)/python -m benchmarks.bench_audit
+
+bench-apiserver: controlplane  ## what spotguard costs the API server per pod create, vs none and a MutatingAdmissionPolicy
+	$(BIN)/python -m benchmarks.bench_apiserver
 
 fuzz: setup  ## the property tests on 1,000,000 random cases, both cores, at most an hour
 	$(BIN)/python -m tests.fuzz --cases 1000000 --jobs 2 --max-seconds 3600

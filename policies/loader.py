@@ -337,6 +337,7 @@ def _build(doc: dict[str, Any]) -> Policy:
             node_user_prefix=doc["exemptions"]["mirrorPodCreators"]["nodeUserPrefix"],
             node_group=doc["exemptions"]["mirrorPodCreators"]["nodeGroup"],
         ),
+        trusted_schedulers=frozenset(doc["nodeBinding"]["trustedSchedulers"]),
     )
 
 

@@ -289,6 +289,9 @@ class Policy:
     poor_candidates: PoorCandidateSettings
     deny_unknown_nodes: bool
     exemptions: ExemptionSettings
+    #: Requesters whose pods/binding requests the registration does not send: schedulers
+    #: that place pods by the node affinity and tolerations spotguard already settled.
+    trusted_schedulers: frozenset[str] = frozenset()
 
     def mode_of(self, rule: Rule) -> Mode:
         """A rule's effective mode: its own, capped by the global one."""

@@ -203,7 +203,9 @@ POLICY_SCHEMA: dict[str, Any] = _object(
                 ),
             }
         ),
-        "nodeBinding": _object({"unknownNodes": {"enum": ["allow", "deny"]}}),
+        "nodeBinding": _object(
+            {"unknownNodes": {"enum": ["allow", "deny"]}, "trustedSchedulers": _STRING_LIST}
+        ),
         "checkpointBudget": _object(
             {"writeBandwidthGBps": {"type": "number", "exclusiveMinimum": 0}}
         ),

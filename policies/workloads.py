@@ -118,47 +118,10 @@ def object_shape_problems(obj: Any, policy: Policy) -> list[str]:
 
 
 def webhook_rules(policy: Policy, webhook: str) -> list[JSONObject]:
-    """The admissionregistration.k8s.io/v1 ``rules`` that send spotguard what it reviews.
+    """The admissionregistration.k8s.io/v1 ``rules`` that send spotguard what it reviews
+    under ``policy``: ``webhook`` is mutate, validate (pods, bindings) or workloads (see
+    :func:`policies.conditions.webhook_rules_for`)."""
+    from policies.conditions import webhook_rules_for  # noqa: PLC0415 - avoids a cycle
+    from policies.relevance import relevance_of  # noqa: PLC0415
 
-    ``webhook`` is ``mutate`` or ``validate``. Pods always; for validation also bindings
-    (the ``pods/binding`` subresource and the legacy ``bindings`` resource) and every
-    workload kind of the policy; for mutation the workload kinds only when the policy
-    mutates templates. Kinds of one API group and version set share a rule.
-    """
-    validate = webhook == "validate"
-    rules: list[JSONObject] = [
-        {
-            "apiGroups": [""],
-            "apiVersions": ["v1"],
-            "operations": ["CREATE", "UPDATE"] if validate else ["CREATE"],
-            "resources": ["pods"],
-            "scope": "Namespaced",
-        }
-    ]
-    if validate:
-        rules.append(
-            {
-                "apiGroups": [""],
-                "apiVersions": ["v1"],
-                "operations": ["CREATE"],
-                "resources": ["pods/binding", "bindings"],
-                "scope": "Namespaced",
-            }
-        )
-    if validate or policy.mutate_templates:
-        grouped: dict[tuple[str, tuple[str, ...]], list[str]] = {}
-        for workload in policy.workloads:
-            if workload.templates:
-                key = (workload.group, workload.versions)
-                grouped.setdefault(key, []).append(workload.resource)
-        for (group, versions), resources in grouped.items():
-            rules.append(
-                {
-                    "apiGroups": [group],
-                    "apiVersions": list(versions),
-                    "operations": ["CREATE", "UPDATE"],
-                    "resources": sorted(set(resources)),
-                    "scope": "Namespaced",
-                }
-            )
-    return rules
+    return webhook_rules_for(relevance_of(policy), webhook)

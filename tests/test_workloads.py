@@ -165,7 +165,9 @@ def test_an_empty_selector_opts_nothing_in() -> None:
 
 
 def test_webhook_rules_follow_the_policy() -> None:
-    validate = webhook_rules(default_policy(), "validate")
+    validate = webhook_rules(default_policy(), "validate") + webhook_rules(
+        default_policy(), "workloads"
+    )
     resources = {r for rule in validate for r in rule["resources"]}
     assert {"pods", "pods/binding", "bindings", "deployments", "pytorchjobs", "jobsets"} <= (
         resources

@@ -1,9 +1,10 @@
 """Register spotguard's webhooks with a local API server, and wait until they are live.
 
-The registrations come from ``deploy/base/webhooks.yaml`` (the ones users install), with
-only the clientConfig swapped: a ``url`` on 127.0.0.1 instead of the in-cluster Service.
-A stored configuration does not prove the API server already calls it, so
-:func:`wait_until_called` sends a canary pod (dry run) until it comes back mutated.
+The registrations are what ``spotguard policy webhooks`` renders for the policy served
+(the shipped ones for the shipped policy), with only the clientConfig different: a
+``url`` on 127.0.0.1 instead of the in-cluster Service. A stored configuration does not
+prove the API server already calls it, so :func:`wait_until_called` sends a canary pod
+(dry run) until it comes back mutated.
 """
 
 from __future__ import annotations
@@ -14,34 +15,44 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from controlplane.harness import ControlPlane
 from policies.annotations import INJECTED
+from policies.loader import default_policy
+from policies.model import Policy
 from testsupport.server import REPO
+from webhook.registration import Endpoint, render
 
 WEBHOOKS_FILE = REPO / "deploy" / "base" / "webhooks.yaml"
 
 
-def local_registrations(webhook_url: str, ca_file: Path | None) -> list[dict[str, Any]]:
-    """The shipped webhook configurations, pointed at ``webhook_url``, trusting ``ca_file``
-    (None: no caBundle yet, as before ``spotguard certs ensure`` has run)."""
-    documents = [d for d in yaml.safe_load_all(WEBHOOKS_FILE.read_text()) if d]
-    for document in documents:
-        for webhook in document["webhooks"]:
-            path = webhook["clientConfig"]["service"]["path"]
-            webhook["clientConfig"] = {"url": webhook_url + path}
-            if ca_file is not None:
-                ca_bundle = base64.b64encode(ca_file.read_bytes()).decode()
-                webhook["clientConfig"]["caBundle"] = ca_bundle
-    return documents
+def local_registrations(
+    webhook_url: str,
+    ca_file: Path | None,
+    policy: Policy | None = None,
+    *,
+    conditions: bool = True,
+) -> list[dict[str, Any]]:
+    """The registrations for ``policy`` (default: the built-in one), pointed at
+    ``webhook_url``, trusting ``ca_file`` (None: no caBundle yet, as before ``spotguard
+    certs ensure`` has run). ``conditions=False``: without match conditions, as shipped
+    before they existed."""
+    ca_bundle = base64.b64encode(ca_file.read_bytes()).decode() if ca_file else None
+    endpoint = Endpoint(url=webhook_url, ca_bundle=ca_bundle)
+    return render(policy or default_policy(), endpoint, conditions=conditions)
 
 
-def register(cluster: ControlPlane, webhook_url: str, ca_file: Path | None) -> None:
+def register(
+    cluster: ControlPlane,
+    webhook_url: str,
+    ca_file: Path | None,
+    policy: Policy | None = None,
+    *,
+    conditions: bool = True,
+) -> None:
     manifest = {
         "apiVersion": "v1",
         "kind": "List",
-        "items": local_registrations(webhook_url, ca_file),
+        "items": local_registrations(webhook_url, ca_file, policy, conditions=conditions),
     }
     cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest), check=True)
 

@@ -153,6 +153,12 @@ def create_app(settings: WebhookSettings) -> Flask:
             "policySource": state.source,
             "policyStale": state.stale,
             "policyError": list(state.error.problems) if state.error else None,
+            # Reported, never a reason to fail readiness: an unready webhook is skipped for
+            # every review, a registration that misses some only skips those.
+            "registrationCoversPolicy": None
+            if state.registration is None
+            else not state.registration,
+            "registrationProblems": list(state.registration or ()),
         }
         return _json(body, 200 if status == "ready" else 503)
 

@@ -31,6 +31,7 @@ class Metrics:
     policy_reloads: Any
     internal_errors: Any
     policy_stale: Any
+    registration_covers: Any
     certificate_expiry: Any
     audit_violations: Any
     audit_last_run: Any
@@ -91,6 +92,13 @@ class Metrics:
                 "spotguard_policy_stale",
                 "1 while the newest policy revision was refused and an older one is in force.",
                 multiprocess_mode="max",
+                **kwargs,
+            ),
+            registration_covers=Gauge(
+                "spotguard_registration_covers_policy",
+                "1 while the live webhook registration sends every review the policy in force "
+                "needs, 0 while it does not (not exported without cluster access).",
+                multiprocess_mode="min",
                 **kwargs,
             ),
             certificate_expiry=Gauge(

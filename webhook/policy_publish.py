@@ -43,6 +43,7 @@ def publish(state: PolicyState, runtime_dir: Path) -> None:
         "source": state.source,
         "revision": state.policy.revision if state.policy else None,
         "error": {"source": error.source, "problems": list(error.problems)} if error else None,
+        "registration": list(state.registration) if state.registration is not None else None,
         "published": time.time(),
     }
     _write_atomically(runtime_dir / STATUS_FILE, json.dumps(status))
@@ -80,9 +81,11 @@ class PublishedPolicy:
                 text = (self._dir / POLICY_FILE).read_text("utf-8")
                 policy = parse_policy_text(text)  # the master validated it already
             error = status["error"]
+            registration = status.get("registration")
             self._state = PolicyState(
                 policy,
                 status["source"],
                 text,
                 LoadError(error["source"], tuple(error["problems"])) if error else None,
+                tuple(registration) if registration is not None else None,
             )

@@ -278,6 +278,8 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
             metrics = process_metrics()
             metrics.policy_reloads.labels("loaded" if loaded else "refused").inc()
             metrics.policy_stale.set(1 if state.stale else 0)
+            if state.registration is not None:
+                metrics.registration_covers.set(0 if state.registration else 1)
 
     def _record_expiry(self, timestamp: float) -> None:
         if multiprocess_enabled():

@@ -38,7 +38,6 @@ from policies.workloads import webhook_rules
 from tests.e2e.rendering import (
     COMPONENT_VALUES,
     COMPONENTS,
-    DEPLOY,
     PROVIDER_VALUES,
     PROVIDERS,
     Manifest,
@@ -52,6 +51,8 @@ from tests.e2e.rendering import (
     policy_of,
 )
 from testsupport.helmcli import CHART
+from testsupport.shipped_registrations import chart_registrations
+from webhook.registration import coverage_problems
 
 pytestmark = pytest.mark.e2e
 
@@ -136,11 +137,70 @@ def test_each_option_renders_what_its_component_renders(
     assert_same_objects(from_helm, from_kustomize)
 
 
-def test_registrations_are_the_kustomize_file_verbatim() -> None:
-    """The seam for generated registrations: one file, copied into the chart."""
-    assert (CHART / "files" / "webhooks.yaml").read_bytes() == (
-        DEPLOY / "base" / "webhooks.yaml"
-    ).read_bytes(), "cp deploy/base/webhooks.yaml deploy/helm/spotguard/files/webhooks.yaml"
+def test_registrations_are_what_the_renderer_gives() -> None:
+    """The seam for generated registrations: one data block, written by the renderer."""
+    expected = chart_registrations()
+    assert expected.path == CHART / "files" / "webhooks.yaml"
+    assert expected.path.read_text() == expected.text, "python -m testsupport.shipped_registrations"
+
+
+def _policy(documents: list[Manifest]) -> str:
+    (configmap,) = [
+        d
+        for d in documents
+        if d["kind"] == "ConfigMap" and d["metadata"].get("labels", {}).get("spotguard.dev/policy")
+    ]
+    text: str = configmap["data"]["policy.yaml"]
+    return text
+
+
+def _registrations(documents: list[Manifest]) -> tuple[Manifest, Manifest]:
+    mutating = next(d for d in documents if d["kind"] == "MutatingWebhookConfiguration")
+    validating = next(d for d in documents if d["kind"] == "ValidatingWebhookConfiguration")
+    return mutating, validating
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"providers": ["aks"]},
+        {"providers": ["eks", "aks"], "noticeWindowSeconds": 30, "mode": "audit"},
+        {"providers": ["gke"], "webhook": {"excludeNamespaces": ["batch", "a-team"]}},
+        {"providers": ["generic"], "rules": {"keepOffSpot": "off"}},
+    ],
+    ids=["one provider", "providers without a rendering", "namespaces", "rules"],
+)
+def test_conditioned_registrations_cover_the_policy_they_ship_with(
+    helm_bin: Path, values: dict[str, Any]
+) -> None:
+    """With the chart's own values, the match conditions stay, in any release namespace,
+    and the server would find that they cover its policy."""
+    documents = helm_template(helm_bin, values, namespace="ml-platform", release="guard")
+    mutating, validating = _registrations(documents)
+    assert all("matchConditions" in w for w in mutating["webhooks"])
+    policy = parse_policy_text(_policy(documents))
+    assert coverage_problems(mutating, validating, policy) == []
+    excluded = validating["webhooks"][0]["namespaceSelector"]["matchExpressions"][0]["values"]
+    assert excluded == sorted(policy.exclude_namespaces) and "ml-platform" in excluded
+
+
+def test_values_beyond_the_rendered_ones_register_without_conditions(helm_bin: Path) -> None:
+    for values in (
+        {"providers": ["aks"], "faultTolerant": {"operatorPresets": ["ray"]}},
+        {
+            "providers": ["aks"],
+            "policy": {"spotNodes": {"labels": [{"key": "pool", "values": ["x"]}]}},
+        },
+        {"providers": ["aks"], "noticeWindowSeconds": 10},
+        {"providers": ["aks"], "webhook": {"matchConditions": False}},
+    ):
+        documents = helm_template(helm_bin, values)
+        mutating, validating = _registrations(documents)
+        for config in (mutating, validating):
+            assert "annotations" not in config["metadata"]
+            assert all("matchConditions" not in w for w in config["webhooks"])
+        policy = parse_policy_text(_policy(documents))
+        assert coverage_problems(mutating, validating, policy) == [], values
 
 
 def test_chart_knows_the_presets_rules_and_operator_presets_spotguard_has() -> None:
@@ -274,9 +334,11 @@ def test_values_reach_every_object_that_depends_on_them(helm_bin: Path) -> None:
     # The registration follows the policy: its extra kind is sent to the validating webhook.
     for name, webhook in (
         ("validate.spotguard.dev", "validate"),
+        ("workloads.spotguard.dev", "workloads"),
         ("mutate.spotguard.dev", "mutate"),
     ):
         assert expanded(hooks[name]["rules"]) == expanded(webhook_rules(policy, webhook)), name
+    assert coverage_problems(mutating, validating, policy) == []  # sent without conditions
     excluded = hooks["validate.spotguard.dev"]["namespaceSelector"]["matchExpressions"][0]
     assert {"guard", "batch"} <= set(excluded["values"]) and "spotguard-system" not in excluded[
         "values"

@@ -128,7 +128,7 @@ def test_apply_of_a_job_that_would_make_rejected_pods_fails(
         "apply", "-n", namespace, "-f", str(HERE / "manifests" / "job-on-spot.yaml")
     )
     assert result.returncode != 0
-    assert 'admission webhook "validate.spotguard.dev" denied the request' in result.stderr
+    assert 'admission webhook "workloads.spotguard.dev" denied the request' in result.stderr
     assert "spotguard denied Job nightly-report" in result.stderr
     assert "spec.template.spec.tolerations[0]" in result.stderr
 

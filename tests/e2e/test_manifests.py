@@ -42,6 +42,7 @@ from testsupport.installed import ServedDeployment, kubeconfig_for, serve_deploy
 from testsupport.server import REPO
 from webhook.cli import package_version
 from webhook.policy_sources import DEFAULT_CONFIGMAP_KEY
+from webhook.registration import render as render_registrations
 
 pytestmark = pytest.mark.e2e
 
@@ -99,6 +100,12 @@ EXPECTED_RULES: dict[tuple[str, str], list[Manifest]] = {
             "verbs": ["list", "watch"],
         },
         {"apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["list", "watch"]},
+        {
+            "apiGroups": ["admissionregistration.k8s.io"],
+            "resources": ["mutatingwebhookconfigurations", "validatingwebhookconfigurations"],
+            "resourceNames": ["spotguard"],
+            "verbs": ["list", "watch"],
+        },
     ],
     ("ClusterRole", "spotguard-audit"): [
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list"]},
@@ -458,8 +465,18 @@ def test_provider_overlays_differ_in_the_presets_only(
         [4],
     )
     changed = {key for key, value in keyed(documents).items() if keyed(base).get(key) != value}
-    assert changed <= {("ConfigMap", "spotguard-policy")}
+    registrations = {
+        ("MutatingWebhookConfiguration", "spotguard"),
+        ("ValidatingWebhookConfiguration", "spotguard"),
+    }
+    assert changed - registrations <= {("ConfigMap", "spotguard-policy")}
     assert len(documents) == len(base)
+    # The registrations are those rendered for the overlay's own policy.
+    rendered = keyed(render_registrations(policy))
+    for key in registrations:
+        config, expected = keyed(documents)[key], rendered[key]
+        assert config["webhooks"] == expected["webhooks"], key
+        assert config["metadata"]["annotations"] == expected["metadata"]["annotations"], key
 
 
 def test_cert_manager_component_replaces_the_cert_job(
@@ -625,9 +642,13 @@ def test_server_identity_can_watch_its_policy_and_record_events(
 ) -> None:
     state = served.wait_for_state("policyRevision", timeout=30)
     assert state["policyRevision"] == parse_policy_text(policy_of(live.documents)).revision
+    # It reads its own webhook registration, and finds that it sends what the policy needs.
+    assert served.wait_for_state("registrationCoversPolicy")["registrationProblems"] == []
 
     # A new revision arrives through the watch (list + watch with the name field selector).
-    audit = "apiVersion: spotguard.dev/v1alpha1\nkind: SpotPolicy\nmode: audit\n"
+    # (the installed policy in audit mode: a policy with other spot presets would need
+    # another registration, and be refused until it is applied)
+    audit = policy_of(live.documents).replace("mode: enforce", "mode: audit", 1)
     set_policy(live, audit)
     revision = parse_policy_text(audit).revision
     wait_for(lambda: (served.readyz() or {}).get("policyRevision") == revision, 20, "revision")
@@ -651,6 +672,8 @@ def test_server_identity_is_refused_everything_else(live: Live) -> None:
             assert live.can(SERVER_SA, verb, resource, namespace="default"), (verb, resource)
     assert live.can(SERVER_SA, "watch", "daemonsets.apps", namespace="default")
     assert live.can(SERVER_SA, "watch", "configmaps/spotguard-policy")
+    # The live webhook registration, checked against the policy (--webhook-config).
+    assert live.can(SERVER_SA, "watch", "validatingwebhookconfigurations/spotguard")
     # The background audit: lists, its Lease, its reports and Events.
     assert live.can(SERVER_SA, "list", "deployments.apps", namespace="team-a")
     assert live.can(SERVER_SA, "list", "namespaces", namespace="default")
@@ -658,6 +681,9 @@ def test_server_identity_is_refused_everything_else(live: Live) -> None:
     assert live.can(SERVER_SA, "create", "policyreports.wgpolicyk8s.io", namespace="team-a")
     assert live.can(SERVER_SA, "create", "events", namespace="team-a")
     for verb, resource, namespace in [
+        ("list", "mutatingwebhookconfigurations", NAMESPACE),  # without the field selector
+        ("get", "validatingwebhookconfigurations/someone-elses", NAMESPACE),
+        ("patch", "mutatingwebhookconfigurations/spotguard", NAMESPACE),
         ("list", "configmaps", NAMESPACE),  # without the metadata.name field selector
         ("get", "configmaps/other", NAMESPACE),
         ("update", "configmaps/spotguard-policy", NAMESPACE),

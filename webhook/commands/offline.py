@@ -34,6 +34,7 @@ from webhook.commands.common import (
     policy_texts,
     read_text,
 )
+from webhook.commands.webhooks import add_webhooks_command
 from webhook.judge import Judgement, Malformed, judge_new
 from webhook.manifests import Document, ManifestError, read_manifests
 from webhook.policy_sources import DEFAULT_CONFIGMAP_KEY
@@ -336,6 +337,7 @@ def add_offline_commands(commands: Any) -> None:
         "built-in mode, the name messages give it, and what it does.",
     )
     rules.set_defaults(handler=cmd_policy_rules)
+    add_webhooks_command(policy_commands)
 
 
 _DESCRIPTION = {

@@ -24,13 +24,15 @@ from webhook.logs import configure
 from webhook.metrics import MULTIPROC_ENV
 from webhook.policy_sources import DEFAULT_CONFIGMAP_KEY, ConfigMapPolicySource, FilePolicySource
 from webhook.policy_store import PolicyState, PolicyStore
+from webhook.registration_watch import RegistrationWatch, Sources
 from webhook.server import DEFAULT_MAX_CONNECTIONS, PolicySource, ServerOptions, WebhookServer
 
 serve_log = logging.getLogger("spotguard.serve")
 
 
 def _policy_source(args: argparse.Namespace) -> tuple[PolicyStore, PolicySource | None]:
-    """The master's policy store and the source that feeds it (file, ConfigMap or none)."""
+    """The master's policy store and what feeds it: the policy source (file, ConfigMap or
+    none) and, with cluster access, the watch of the live webhook registration."""
     if args.policy_configmap:
         namespace, _, name = args.policy_configmap.partition("/")
         if not namespace or not name:
@@ -39,15 +41,32 @@ def _policy_source(args: argparse.Namespace) -> tuple[PolicyStore, PolicySource 
 
         load_kube_config(args.kubeconfig)
         store = PolicyStore(PolicyState(None, f"waiting for configmap {namespace}/{name}"))
+        registration = _registration_watch(args, store)
         source = ConfigMapPolicySource(
             namespace, name, store, client.CoreV1Api(), key=args.policy_key
         )
         source.load_initial()
-        return store, source
+        return store, Sources(source, registration)
     if args.policy is not None and not args.policy.is_file():
         raise CLIError(f"--policy {args.policy}: no such file")
     store = PolicyStore.from_file(args.policy)  # a bad file fails here, before forking
-    return store, FilePolicySource(args.policy, store) if args.policy else None
+    registration = _registration_watch(args, store)
+    if registration is not None:
+        store.gate_changed()  # judge the policy just loaded
+    file_source = FilePolicySource(args.policy, store) if args.policy else None
+    return store, Sources(file_source, registration)
+
+
+def _registration_watch(args: argparse.Namespace, store: PolicyStore) -> RegistrationWatch | None:
+    """With cluster access, follow the live webhook registration (--webhook-config)."""
+    if not args.webhook_config or not (args.policy_configmap or args.kubeconfig):
+        return None
+    from kubernetes import client  # noqa: PLC0415
+
+    load_kube_config(args.kubeconfig)
+    watch = RegistrationWatch(args.webhook_config, store, client.AdmissionregistrationV1Api())
+    watch.load_initial()
+    return watch
 
 
 def _cluster_factory(args: argparse.Namespace) -> Callable[[], WatchedCluster] | None:
@@ -169,6 +188,13 @@ def add_serve_command(commands: Any, policy_help: str) -> None:
         type=Path,
         help="kubeconfig for the ConfigMap watch and the cluster caches (default: in-cluster "
         "config)",
+    )
+    serve.add_argument(
+        "--webhook-config",
+        default="spotguard",
+        help="with cluster access, check the webhook configurations of this name against "
+        "the policy; refuse a policy revision they do not cover ('' to skip; default "
+        "%(default)s)",
     )
     serve.add_argument(
         "--metrics-bind",

@@ -1,0 +1,3 @@
+module spotguard.dev/apiload
+
+go 1.24
