@@ -17,6 +17,7 @@ import requests
 from cryptography import x509
 
 from controlplane.harness import ControlPlane
+from controlplane.polling import wait_for
 from policies.annotations import INJECTED
 from tests.e2e.conftest import (
     ENFORCE_POLICY,
@@ -148,7 +149,13 @@ def test_bad_revision_is_refused_and_the_last_good_policy_stays(
         assert "spotguard_policy_stale 1.0" in scrape
     finally:
         enforce.set_policy(ENFORCE_POLICY)
-    assert "spotguard_policy_stale 0.0" in requests.get(enforce.metrics_url, timeout=5).text
+    # The workers never left the good revision, so set_policy returns at once; the master
+    # clears the stale flag when it has read the ConfigMap's new version.
+    wait_for(
+        lambda: "spotguard_policy_stale 0.0" in requests.get(enforce.metrics_url, timeout=5).text,
+        POLICY_CHANGE_SECONDS,
+        "spotguard_policy_stale back to 0",
+    )
 
 
 def served_serial(webhook: Webhook, ca_file: str | None = None) -> int:
@@ -244,7 +251,8 @@ def test_metrics_show_the_counters_moving(
         == 3
     )
     assert moved('spotguard_injections_total{kind="preStop",mode="enforce"}') >= 3
-    assert moved('spotguard_review_duration_seconds_count{webhook="validate"}') >= 6
+    # The training pod needs no validation: the registration's match conditions skip it.
+    assert moved('spotguard_review_duration_seconds_count{webhook="validate"}') >= 3
     assert after['spotguard_policy_reloads_total{result="loaded"}'] >= 1
     assert after["spotguard_certificate_expiry_timestamp_seconds"] > time.time() + 300 * 86400
 

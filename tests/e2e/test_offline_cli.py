@@ -12,6 +12,7 @@ without a word from it and reported as skipped. Under the enforce and the audit 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +41,10 @@ MANIFESTS = [
     *sorted((REPO / "examples").glob("*.yaml")),
     *sorted((HERE / "manifests").glob("*.yaml")),
 ]
-DENIED = 'admission webhook "validate.spotguard.dev" denied the request: '
+#: How kubectl shows a denial by either validating webhook (pods, or workload templates).
+DENIED = re.compile(
+    r'admission webhook "(?:validate|workloads)\.spotguard\.dev" denied the request: '
+)
 
 
 def kubectl_apply(
@@ -49,7 +53,7 @@ def kubectl_apply(
     """What kubectl shows for one object: whether it was created, the denial, the warnings."""
     result = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(document))
     lines = result.stderr.splitlines()
-    denials = [line.split(DENIED, 1)[1] for line in lines if DENIED in line]
+    denials = [DENIED.split(line, 1)[1] for line in lines if DENIED.search(line)]
     assert result.returncode == 0 or denials, result.stderr  # failed for another reason
     return {
         "allowed": result.returncode == 0,
