@@ -253,7 +253,9 @@ def _add_checkpoint_storage(
                 container["volumeMounts"] = [*mounts, mount]
                 changes.append(Change("checkpointVolume", f"mount in {container.get('name')}"))
     if settings.env:
-        grace = spec.get("terminationGracePeriodSeconds", API_DEFAULT_GRACE_SECONDS)
+        grace = spec.get("terminationGracePeriodSeconds")
+        if grace is None:  # absent or null: the API server's default
+            grace = API_DEFAULT_GRACE_SECONDS
         reserve = policy.inject.pre_stop.sigterm_reserve_seconds
         hook_budget = max(1, int(grace) - reserve)
         variables = {

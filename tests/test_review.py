@@ -276,6 +276,17 @@ def test_the_api_default_grace_period_in_templates_counts_as_unset() -> None:
     assert audit.validation_warnings == ()  # no spurious would-reject either
 
 
+def test_a_null_grace_period_is_the_api_default_for_the_hook_budget() -> None:
+    """Found by make fuzz: null (as absent) with grace periods left alone crashed the hook's
+    timeout arithmetic, and a crash is an admission with failurePolicy Ignore."""
+    pod = with_spec(terminationGracePeriodSeconds=None)
+    verdict = judge(pod, "inject: {terminationGracePeriod: false}")
+    assert verdict.mutation.patched is not None
+    (container,) = verdict.mutation.patched["spec"]["containers"]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env["SPOTGUARD_PRESTOP_TIMEOUT_SECONDS"] == "25"  # the API's 30 s less the reserve
+
+
 def test_pods_kept_off_spot_get_no_spot_window_warnings() -> None:
     for pod in (plain_pod(), training_pod()):
         pod["spec"]["terminationGracePeriodSeconds"] = 600
