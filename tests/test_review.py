@@ -280,9 +280,9 @@ def test_a_null_grace_period_is_the_api_default_for_the_hook_budget() -> None:
     """Found by make fuzz: null (as absent) with grace periods left alone crashed the hook's
     timeout arithmetic, and a crash is an admission with failurePolicy Ignore."""
     pod = with_spec(terminationGracePeriodSeconds=None)
-    verdict = judge(pod, "inject: {terminationGracePeriod: false}")
-    assert verdict.mutation.patched is not None
-    (container,) = verdict.mutation.patched["spec"]["containers"]
+    mutation = judge(pod, "inject: {terminationGracePeriod: false}").mutation
+    assert mutation is not None and mutation.patched is not None
+    (container,) = mutation.patched["spec"]["containers"]
     env = {item["name"]: item["value"] for item in container["env"]}
     assert env["SPOTGUARD_PRESTOP_TIMEOUT_SECONDS"] == "25"  # the API's 30 s less the reserve
 

@@ -102,12 +102,22 @@ class Webhook:
         self.running.wait_for_revision(parse_policy_text(text).revision, timeout)
         return time.monotonic() - started
 
+    def register_for(self, policy_text: str | None) -> None:
+        """Apply the registrations rendered for a policy (None: the built-in one), as users
+        apply ``spotguard policy webhooks``: the server refuses a policy revision the live
+        registration does not cover."""
+        policy = parse_policy_text(policy_text) if policy_text else None
+        register(self.cluster, f"https://127.0.0.1:{self.port}", None, policy)
+
     @contextmanager
     def policy(self, text: str) -> Iterator[float]:
-        """Run a block under another policy, then restore enforce mode whatever happens."""
+        """Run a block under another policy (registered for it), then restore enforce mode
+        and the built-in registration whatever happens."""
         try:
+            self.register_for(text)
             yield self.set_policy(text)
-        finally:
+        finally:  # the built-in registration first: it must cover the policy set after it
+            self.register_for(None)
             self.set_policy(ENFORCE_POLICY)
 
     def start(self) -> None:

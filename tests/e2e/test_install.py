@@ -149,7 +149,8 @@ def install_in_audit_mode(cluster: Cluster) -> list[str]:
     assert job_output.startswith(f"{RELEASE}-certs-1: ")
     assert "wrote secret" in job_output and "patched caBundle" in job_output
     bundles = ca_bundles(plane)
-    assert len(bundles) == 3 and all(bundles), "every webhook gets the CA bundle"
+    # mutate, validate, workloads (templates) and the policy ConfigMap's own webhook
+    assert len(bundles) == 4 and all(bundles), "every webhook gets the CA bundle"
     return bundles
 
 
