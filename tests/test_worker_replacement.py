@@ -52,6 +52,14 @@ def assert_no_failure(figures: dict[str, object]) -> None:
 def test_workers_replaced_under_load_lose_no_review(tmp_path: Path, whom: str) -> None:
     server = start_server(tmp_path, workers=2)
     try:
+        # Ready means one worker answers; wait until both have booted and hold their slot.
+        wait_for(
+            lambda: (
+                len(server.workers()) == 2 and len(listening(server.port, server.workers())) == 2
+            ),
+            20,
+            "both workers listening",
+        )
         before = listening(server.port, server.workers())
         assert all(len(held) == 1 for held in before.values()), before
         slots = set().union(*before.values())
