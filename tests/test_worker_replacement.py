@@ -82,7 +82,12 @@ def test_workers_replaced_under_load_lose_no_review(tmp_path: Path, whom: str) -
         print(f"{whom}, 3 times: {figures}")
         assert_no_failure(figures)
         # The new workers took over the old workers' listening sockets, one each.
-        wait_for(lambda: len(server.workers()) == 2, 10, "two workers again")
+        # (a worker told to stop is still the master's child until it has finished)
+        wait_for(
+            lambda: len(server.workers()) == 2 and not set(server.workers()) & replaced,
+            30,
+            "two new workers, the replaced ones gone",
+        )
         after = listening(server.port, server.workers())
         assert not set(after) & replaced
         assert all(len(held) == 1 for held in after.values()), after
