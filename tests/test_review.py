@@ -244,6 +244,27 @@ def test_checkpoint_containers_must_name_containers_of_the_pod() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "listed",
+    ["x" * 1_000_000, ",".join(f"c{i}" for i in range(100_000))],
+    ids=["one 1 MB name", "100k names"],
+)
+def test_checkpoint_containers_messages_quote_a_bounded_part_of_the_annotation(
+    listed: str,
+) -> None:
+    pod = annotated(training_pod(), checkpoint_containers=listed)
+    pod["spec"]["containers"] += [{"name": f"side-{i}", "image": "x"} for i in range(50)]
+    verdict = judge(pod)
+    [violation] = verdict.denials
+    assert len(violation.message()) < 2000 and len(violation.brief) < 200
+    assert "and 41 more)" in violation.fix
+    assert verdict.mutation is not None
+    assert all(len(warning) < 2000 for warning in verdict.mutation.warnings)
+    if "," in listed:
+        assert "names c0, c1, c10, c100, c1000, " in violation.problem
+        assert "and 99990 more, which are not containers" in violation.problem
+
+
 def test_steering_annotations_of_pods_kept_off_spot_are_not_judged() -> None:
     pod = annotated(plain_pod(), checkpoint_containers="nothing", prestop_command="[")
     assert judge(pod).violations == ()
