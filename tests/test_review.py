@@ -118,6 +118,41 @@ def test_nesting_within_the_bound_is_reviewed() -> None:
     assert verdict.mutation.patched["status"] == pod["status"]
 
 
+def nested_list(levels: int) -> Any:
+    value: Any = []
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+KINDS = {
+    "Pod": POD_KIND,
+    "Job": GroupVersionKind("batch", "v1", "Job"),
+    "Binding": GroupVersionKind("", "v1", "Binding"),
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("field", ["name", "generateName", "kind"])
+def test_a_name_nested_as_deep_as_a_review_body_allows_is_no_exception(
+    kind: str, field: str
+) -> None:
+    """The description quotes names before the shapes are checked; ``str()`` of a list
+    1000 levels deep (orjson decodes up to 1024) raised RecursionError there."""
+    obj: dict[str, Any] = {"apiVersion": "v1", "kind": kind, "metadata": {"name": "x"}}
+    (obj if field == "kind" else obj["metadata"])[field] = nested_list(1000)
+    assert malformed(obj, KINDS[kind]) == [f"object: nested deeper than {MAX_NESTING} levels"]
+    # DELETE is not reviewed, so nothing is shape-checked, but it is still described.
+    request = Request(KINDS[kind], Operation.DELETE, "ml", None, obj)
+    assert review(request, default_policy()).exemption == "DELETE requests are not reviewed"
+
+
+def test_a_description_quotes_a_name_no_longer_than_kubernetes_allows() -> None:
+    pod = training_pod(name="n" * 1_000_000)
+    verdict = judge(pod)
+    assert verdict.description == f"pod {'n' * 253}..."
+
+
 def test_malformed_workloads_and_bindings_name_the_field() -> None:
     job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": [], "spec": {}}
     assert malformed(job, GroupVersionKind("batch", "v1", "Job")) == [
