@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from policies.decisions import ClusterFacts
+from policies.decisions import ClusterFacts, PodContext
 from policies.growth import MAX_OBJECT_BYTES, TOTAL_ANNOTATION_BYTES, annotation_bytes, object_bytes
 from policies.loader import default_policy, parse_policy_text
 from policies.model import Mode, Rule
@@ -24,6 +24,7 @@ from policies.review import (
     review,
 )
 from policies.shapes import MAX_NESTING
+from policies.validate import validate_pod
 from testsupport.reviews import plain_pod, training_pod
 
 
@@ -366,6 +367,45 @@ def test_updates_are_judged_on_what_they_change() -> None:
     tolerating["spec"]["tolerations"] = [{"key": "spot", "operator": "Exists"}]
     verdict = judge(tolerating, operation=Operation.UPDATE, old=admitted_before)
     assert [v.field for v in verdict.denials] == ["spec.tolerations[0]"]  # not nodeSelector
+
+
+class CountedToleration(dict[str, Any]):
+    """A toleration that counts how often it is compared with another."""
+
+    comparisons = 0
+
+    def __eq__(self, other: object) -> bool:
+        CountedToleration.comparisons += 1
+        return dict.__eq__(self, other)
+
+    __hash__ = None
+
+
+def test_an_update_finds_its_old_tolerations_without_comparing_each_pair() -> None:
+    """Each added toleration was looked up by scanning every old one: quadratic, seconds
+    for the thousands of tolerations a pod may list."""
+    count = 2_000
+    old = plain_pod()
+    old["spec"]["tolerations"] = [
+        CountedToleration(key="spot", operator="Equal", value="true", tolerationSeconds=i)
+        for i in range(count)
+    ]
+    new = plain_pod()
+    new["spec"]["tolerations"] = [dict(t) for t in old["spec"]["tolerations"]] + [
+        {"key": "spot", "operator": "Exists"}
+    ]
+    assert [v.field for v in judge(new, operation=Operation.UPDATE, old=json_of(old)).denials] == [
+        f"spec.tolerations[{count}]"
+    ]
+    # The rules themselves, as review() calls them: the shapes admit plain dicts only.
+    CountedToleration.comparisons = 0
+    decision = validate_pod(new, PodContext("ml", "UPDATE"), default_policy(), old)
+    assert [v.field for v in decision.violations] == [f"spec.tolerations[{count}]"]
+    assert CountedToleration.comparisons <= 2 * count
+
+
+def json_of(value: Any) -> Any:
+    return json.loads(json.dumps(value))
 
 
 # --- growth bounds ------------------------------------------------------------------------
