@@ -19,6 +19,7 @@ choice, so a typo never silently drops the checkpoint hook of a pod that goes to
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,11 @@ MAX_JSON_BYTES = 4096
 MAX_JSON_DEPTH = 4
 #: Largest hook command accepted: it is copied into every hooked container.
 MAX_COMMAND_BYTES = 4096
+#: Names quoted in one message at most: the annotation is free text, and every quote of it
+#: is copied into the denial, the mutating webhook's warning and the audit log.
+MAX_QUOTED_NAMES = 10
+#: Longest name quoted whole (a container name is a DNS label, at most 63 characters).
+MAX_QUOTED_NAME_LENGTH = 63
 
 
 class AnnotationError(ValueError):
@@ -111,6 +117,16 @@ def pre_stop_command(value: str | None) -> tuple[tuple[str, ...] | None, Steerin
     )
 
 
+def _quoted(names: list[str], total: int) -> str:
+    """The first few of ``total`` names for a message, each cut to a container name's length."""
+    shown = [
+        name if len(name) <= MAX_QUOTED_NAME_LENGTH else name[:MAX_QUOTED_NAME_LENGTH] + "..."
+        for name in names[:MAX_QUOTED_NAMES]
+    ]
+    more = total - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more else "")
+
+
 def checkpoint_containers(
     value: str | None, container_names: Iterable[str]
 ) -> tuple[frozenset[str] | None, SteeringProblem | None]:
@@ -122,8 +138,9 @@ def checkpoint_containers(
     if value is None:
         return None, None
     present = list(dict.fromkeys(container_names))
-    names = frozenset(name.strip() for name in value.split(",") if name.strip())
-    listing = ", ".join(present) or "none"
+    # str methods mapped in C: the value is free text, possibly a megabyte of names.
+    names = frozenset(map(str.strip, value.split(","))) - {""}
+    listing = _quoted(present, len(present)) or "none"
     fix = (
         f"list containers of the pod, comma-separated ({listing}), or remove the "
         "annotation to hook the policy's choice"
@@ -133,13 +150,13 @@ def checkpoint_containers(
         return None, SteeringProblem(
             CHECKPOINT_CONTAINERS, problem, fix, f"{CHECKPOINT_CONTAINERS} {problem}"
         )
-    unknown = sorted(names - set(present))
+    unknown = names.difference(present)
     if unknown:
+        first = heapq.nsmallest(MAX_QUOTED_NAMES, unknown)  # sorting all would cost more
         which = "is not a container" if len(unknown) == 1 else "are not containers"
-        problem = (
-            f"names {', '.join(unknown)}, which {which} of the pod (its containers: {listing})"
-        )
-        brief = f"{CHECKPOINT_CONTAINERS} names unknown container {unknown[0]}"
+        quoted = _quoted(first, len(unknown))
+        problem = f"names {quoted}, which {which} of the pod (its containers: {listing})"
+        brief = f"{CHECKPOINT_CONTAINERS} names unknown container {_quoted(first[:1], 1)}"
         return None, SteeringProblem(CHECKPOINT_CONTAINERS, problem, fix, brief)
     return names, None
 

@@ -12,8 +12,9 @@ that stop an ordinary pod after a few presence tests.
 from __future__ import annotations
 
 from policies import cel
+from policies.annotations import INJECTED
 from policies.cel import Names, all_of, any_of, negate
-from policies.relevance import INJECTED_ANNOTATION, STEERING_PREFIX, Relevance
+from policies.relevance import STEERING_PREFIX, Relevance
 
 POD = "object"
 SPEC = f"{POD}.spec"
@@ -162,7 +163,7 @@ class PodQuestions:
             return cel.FALSE
         a = self.names("a")
         annotations = f"{METADATA}.annotations"
-        prefix, record = cel.string(STEERING_PREFIX), cel.string(INJECTED_ANNOTATION)
+        prefix, record = cel.string(STEERING_PREFIX), cel.string(INJECTED)
         return (
             f"has({annotations}) && {annotations}.exists({a}, "
             f"{a}.startsWith({prefix}) && {a} != {record})"

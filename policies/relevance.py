@@ -28,9 +28,8 @@ FORMAT = 1
 #: spot taint (every spot node is tainted), or all of them (some spot node is not).
 MUTATE_OTHERS_ORDER = ("none", "tolerating", "all")
 
-#: The record spotguard writes on what it mutated; not a steering annotation.
-INJECTED_ANNOTATION = "spotguard.dev/injected"
-#: Annotations under this prefix steer spotguard (checkpoint size, hook command, ...).
+#: Annotations under this prefix steer spotguard (checkpoint size, hook command, ...),
+#: except its own record of what it mutated (policies.annotations.INJECTED).
 STEERING_PREFIX = "spotguard.dev/"
 #: The default scheduler: it places pods by the affinity spotguard added and the
 #: tolerations it checked, so its bindings need no second look (see README).

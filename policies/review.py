@@ -225,19 +225,37 @@ def _subject(request: Request, policy: Policy) -> tuple[Subject, WorkloadKind | 
     return Subject.UNREVIEWED, None, f"spotguard does not review {request.kind}"
 
 
+#: Longest name quoted in a description (a Kubernetes name is at most 253 characters).
+MAX_DESCRIBED_NAME = 253
+
+
 def _describe(subject: Subject, request: Request, obj: Any) -> str:
+    """``pod web-0``, ``Deployment web``, ... for messages. It runs before the shapes are
+    checked (and for DELETE, which is never checked), so it quotes strings only, cut to a
+    name's length: a name that is a deeply nested list would break ``str()``."""
     obj = obj if isinstance(obj, dict) else {}
     metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    names = {
+        field: _cut(value)
+        for field in ("name", "generateName")
+        if isinstance(value := metadata.get(field), str)
+    }
     if subject is Subject.POD:
-        return f"pod {display_name({'metadata': metadata})}"
+        return f"pod {display_name({'metadata': names})}"
     if subject is Subject.BINDING:
-        name = request.name or (metadata.get("name") if isinstance(metadata, dict) else "")
-        target = binding_target(obj) or "?"
-        return f"binding of pod {name or '(unnamed)'} to node {target}"
+        name = _cut(request.name) or names.get("name")
+        target = binding_target(obj)
+        return f"binding of pod {name or '(unnamed)'} to node {_cut(target) if target else '?'}"
     if subject is Subject.WORKLOAD:
-        return describe_object({**obj, "metadata": metadata})
-    name = metadata.get("name") if isinstance(metadata, dict) else None
-    return f"{request.kind.kind or 'object'} {name if isinstance(name, str) else '(unnamed)'}"
+        kind = obj.get("kind")
+        return describe_object(
+            {"kind": _cut(kind) if isinstance(kind, str) else "", "metadata": names}
+        )
+    return f"{request.kind.kind or 'object'} {names.get('name') or '(unnamed)'}"
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_DESCRIBED_NAME else text[:MAX_DESCRIBED_NAME] + "..."
 
 
 def _own_namespace(obj: Mapping[str, Any]) -> str:

@@ -17,7 +17,7 @@ would otherwise be hit somewhere in the standard library).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,15 +97,9 @@ class ListOf:
         if type(value) is not list:
             problems.append(f"{path}: must be a list")
             return
-        item_shape = self.item
-        for index, item in enumerate(value):
-            if item is None:
-                if not isinstance(item_shape, Scalar):
-                    problems.append(f"{path}[{index}]: must be a mapping")
-            else:
-                item_shape.check(item, f"{path}[{index}]", problems)
-            if len(problems) > MAX_PROBLEMS:
-                return
+        # A null in a list of strings reads as ""; a null where a mapping belongs is wrong.
+        null_is_unset = isinstance(self.item, Scalar)
+        _check_entries(enumerate(value), self.item, path, problems, null_is_unset)
 
 
 @dataclass(frozen=True)
@@ -122,14 +116,30 @@ class MapOf:
         # Labels and annotations: many, and all strings, so check the common case at once.
         if value_shape is STRING and all(type(v) is str or v is None for v in value.values()):
             return
-        for key, item in value.items():
-            if item is not None:
-                value_shape.check(item, f"{path}[{key}]", problems)
-            if len(problems) > MAX_PROBLEMS:
-                return
+        _check_entries(value.items(), value_shape, path, problems, null_is_unset=True)
 
 
 Shape = Scalar | Fields | ListOf | MapOf
+
+
+def _check_entries(
+    entries: Iterable[tuple[object, Any]],
+    shape: Shape,
+    path: str,
+    problems: list[str],
+    null_is_unset: bool,
+) -> None:
+    """Check each ``(index or key, item)`` of a list or mapping against ``shape``, as
+    ``path[index]``, stopping once more problems are found than are listed."""
+    for key, item in entries:
+        if item is None:
+            if not null_is_unset:
+                problems.append(f"{path}[{key}]: must be a mapping")
+        else:
+            shape.check(item, f"{path}[{key}]", problems)
+        if len(problems) > MAX_PROBLEMS:
+            return
+
 
 STRING_MAP = MapOf(STRING)
 

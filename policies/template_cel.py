@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from policies import cel
+from policies.annotations import INJECTED
 from policies.cel import Names, Walker, all_of, any_of, negate
-from policies.relevance import INJECTED_ANNOTATION, STEERING_PREFIX, Relevance, Selector
+from policies.relevance import STEERING_PREFIX, Relevance, Selector
 
 REQUIRED_TERMS = (
     "affinity",
@@ -250,7 +251,7 @@ class TemplateQuestions:
         a = self.names("a")
         return (
             f"{pod.annotations}.exists({a}, {a}.startsWith({cel.string(STEERING_PREFIX)}) "
-            f"&& {a} != {cel.string(INJECTED_ANNOTATION)})"
+            f"&& {a} != {cel.string(INJECTED)})"
         )
 
     # -- the two questions ---------------------------------------------------------------

@@ -16,6 +16,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from policies.annotations import (
     CHECKPOINT_CONTAINERS,
     PRESTOP_COMMAND,
@@ -97,15 +99,38 @@ def _placement_changed(pod: Mapping[str, Any], old_pod: Mapping[str, Any] | None
 def _added_by_update(
     violations: list[Violation], pod: Mapping[str, Any], old_pod: Mapping[str, Any]
 ) -> list[Violation]:
-    """The violations an update causes: those of the tolerations it adds."""
+    """The violations an update causes: those of the tolerations it adds.
+
+    Each new toleration is looked up among the old ones by its canonical JSON, not by a
+    scan of them all: a pod may list thousands, and a scan per violation was quadratic
+    (16,000 tolerations took seconds). The fields a toleration has are strings and an
+    integer (policies.shapes), so equal tolerations have equal JSON.
+    """
     old = spec_of(old_pod).get("tolerations") or []
     new = spec_of(pod).get("tolerations") or []
+    old_keys = {_canonical(toleration) for toleration in old}
     kept: list[Violation] = []
     for violation in violations:
         match = _TOLERATION_FIELD.match(violation.field)
-        if match and int(match[1]) < len(new) and new[int(match[1])] not in old:
+        if match and int(match[1]) < len(new) and not _kept(new[int(match[1])], old, old_keys):
             kept.append(violation)
     return kept
+
+
+def _canonical(value: Any) -> bytes | None:
+    """``value`` as JSON with sorted keys; None for what JSON cannot hold (a CLI's YAML)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        return None
+
+
+def _kept(toleration: Any, old: list[Any], old_keys: set[bytes | None]) -> bool:
+    """Whether the pod had ``toleration`` before the update."""
+    key = _canonical(toleration)
+    if key is not None and None not in old_keys:
+        return key in old_keys
+    return toleration in old  # what JSON cannot hold: compared the slow way
 
 
 def steering_violations(pod: Mapping[str, Any], policy: Policy) -> list[Violation]:

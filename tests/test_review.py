@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from policies.decisions import ClusterFacts
+from policies.decisions import ClusterFacts, PodContext
 from policies.growth import MAX_OBJECT_BYTES, TOTAL_ANNOTATION_BYTES, annotation_bytes, object_bytes
 from policies.loader import default_policy, parse_policy_text
 from policies.model import Mode, Rule
@@ -24,6 +24,7 @@ from policies.review import (
     review,
 )
 from policies.shapes import MAX_NESTING
+from policies.validate import validate_pod
 from testsupport.reviews import plain_pod, training_pod
 
 
@@ -116,6 +117,41 @@ def test_nesting_within_the_bound_is_reviewed() -> None:
     verdict = judge(pod)
     assert verdict.mutation is not None and verdict.mutation.patched is not None
     assert verdict.mutation.patched["status"] == pod["status"]
+
+
+def nested_list(levels: int) -> Any:
+    value: Any = []
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+KINDS = {
+    "Pod": POD_KIND,
+    "Job": GroupVersionKind("batch", "v1", "Job"),
+    "Binding": GroupVersionKind("", "v1", "Binding"),
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("field", ["name", "generateName", "kind"])
+def test_a_name_nested_as_deep_as_a_review_body_allows_is_no_exception(
+    kind: str, field: str
+) -> None:
+    """The description quotes names before the shapes are checked; ``str()`` of a list
+    1000 levels deep (orjson decodes up to 1024) raised RecursionError there."""
+    obj: dict[str, Any] = {"apiVersion": "v1", "kind": kind, "metadata": {"name": "x"}}
+    (obj if field == "kind" else obj["metadata"])[field] = nested_list(1000)
+    assert malformed(obj, KINDS[kind]) == [f"object: nested deeper than {MAX_NESTING} levels"]
+    # DELETE is not reviewed, so nothing is shape-checked, but it is still described.
+    request = Request(KINDS[kind], Operation.DELETE, "ml", None, obj)
+    assert review(request, default_policy()).exemption == "DELETE requests are not reviewed"
+
+
+def test_a_description_quotes_a_name_no_longer_than_kubernetes_allows() -> None:
+    pod = training_pod(name="n" * 1_000_000)
+    verdict = judge(pod)
+    assert verdict.description == f"pod {'n' * 253}..."
 
 
 def test_malformed_workloads_and_bindings_name_the_field() -> None:
@@ -244,6 +280,27 @@ def test_checkpoint_containers_must_name_containers_of_the_pod() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "listed",
+    ["x" * 1_000_000, ",".join(f"c{i}" for i in range(100_000))],
+    ids=["one 1 MB name", "100k names"],
+)
+def test_checkpoint_containers_messages_quote_a_bounded_part_of_the_annotation(
+    listed: str,
+) -> None:
+    pod = annotated(training_pod(), checkpoint_containers=listed)
+    pod["spec"]["containers"] += [{"name": f"side-{i}", "image": "x"} for i in range(50)]
+    verdict = judge(pod)
+    [violation] = verdict.denials
+    assert len(violation.message()) < 2000 and len(violation.brief) < 200
+    assert "and 41 more)" in violation.fix
+    assert verdict.mutation is not None
+    assert all(len(warning) < 2000 for warning in verdict.mutation.warnings)
+    if "," in listed:
+        assert "names c0, c1, c10, c100, c1000, " in violation.problem
+        assert "and 99990 more, which are not containers" in violation.problem
+
+
 def test_steering_annotations_of_pods_kept_off_spot_are_not_judged() -> None:
     pod = annotated(plain_pod(), checkpoint_containers="nothing", prestop_command="[")
     assert judge(pod).violations == ()
@@ -310,6 +367,45 @@ def test_updates_are_judged_on_what_they_change() -> None:
     tolerating["spec"]["tolerations"] = [{"key": "spot", "operator": "Exists"}]
     verdict = judge(tolerating, operation=Operation.UPDATE, old=admitted_before)
     assert [v.field for v in verdict.denials] == ["spec.tolerations[0]"]  # not nodeSelector
+
+
+class CountedToleration(dict[str, Any]):
+    """A toleration that counts how often it is compared with another."""
+
+    comparisons = 0
+
+    def __eq__(self, other: object) -> bool:
+        CountedToleration.comparisons += 1
+        return dict.__eq__(self, other)
+
+    __hash__ = None
+
+
+def test_an_update_finds_its_old_tolerations_without_comparing_each_pair() -> None:
+    """Each added toleration was looked up by scanning every old one: quadratic, seconds
+    for the thousands of tolerations a pod may list."""
+    count = 2_000
+    old = plain_pod()
+    old["spec"]["tolerations"] = [
+        CountedToleration(key="spot", operator="Equal", value="true", tolerationSeconds=i)
+        for i in range(count)
+    ]
+    new = plain_pod()
+    new["spec"]["tolerations"] = [dict(t) for t in old["spec"]["tolerations"]] + [
+        {"key": "spot", "operator": "Exists"}
+    ]
+    assert [v.field for v in judge(new, operation=Operation.UPDATE, old=json_of(old)).denials] == [
+        f"spec.tolerations[{count}]"
+    ]
+    # The rules themselves, as review() calls them: the shapes admit plain dicts only.
+    CountedToleration.comparisons = 0
+    decision = validate_pod(new, PodContext("ml", "UPDATE"), default_policy(), old)
+    assert [v.field for v in decision.violations] == [f"spec.tolerations[{count}]"]
+    assert CountedToleration.comparisons <= 2 * count
+
+
+def json_of(value: Any) -> Any:
+    return json.loads(json.dumps(value))
 
 
 # --- growth bounds ------------------------------------------------------------------------
