@@ -213,6 +213,23 @@ def test_headers_trickled_too_slowly_are_cut_at_the_header_deadline(
     assert 4 <= elapsed < 10  # the 5 s header deadline, checked four times a second
 
 
+def test_one_endless_header_line_is_refused_before_the_header_deadline(
+    server: RunningServer,
+) -> None:
+    """httptools buffers a header until its line ends: without counting the bytes fed
+    meanwhile, a header that never ends would be held in memory until the deadline."""
+    with tls_connection(server) as sock:
+        started = time.monotonic()
+        sock.sendall(b"POST /mutate HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+        with contextlib.suppress(OSError):  # the server may close while we still send
+            for _ in range(16):
+                sock.sendall(b"a" * 65536)
+        answer = read_all(sock, timeout=4)
+        elapsed = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 431 "), answer
+    assert elapsed < 4  # well before the 5 s header deadline (whose answer is a 408)
+
+
 def test_a_connection_that_never_starts_tls_is_closed_at_the_handshake_deadline(
     server: RunningServer,
 ) -> None:

@@ -112,6 +112,7 @@ class Connection:
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
+        self._unfinished_header_bytes = 0
         self._body = bytearray()
 
     def start(self) -> None:
@@ -191,6 +192,9 @@ class Connection:
                 self._fail(400, "protocol upgrades are not supported")
             else:
                 self._fail(400, f"malformed HTTP request: {error}")
+            return
+        if self.state == HEADERS and self._unfinished_header_too_long(len(data)):
+            self._fail(431, f"request headers exceed {self.limits.max_header_bytes} bytes")
             return
         self._serve_queued()
 
@@ -315,6 +319,7 @@ class Connection:
         self._url = b""
         self._headers = []
         self._header_bytes = 0
+        self._unfinished_header_bytes = 0
         self._body = bytearray()
         self.owner.became_busy(self)
 
@@ -325,6 +330,15 @@ class Connection:
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
         self._count_header_bytes(len(name) + len(value) + 4)
+
+    def _unfinished_header_too_long(self, size: int) -> bool:
+        """httptools hands a header over only once it is whole, buffering its fragments
+        until then without a bound: count what is fed while the headers are unfinished,
+        so one endless header line is refused too, not held in memory until the header
+        deadline. The chunk that began the request may also hold the end of the
+        previous one, hence one chunk of slack."""
+        self._unfinished_header_bytes += size
+        return self._unfinished_header_bytes > self.limits.max_header_bytes + READ_CHUNK
 
     def _count_header_bytes(self, size: int) -> None:
         self._header_bytes += size
