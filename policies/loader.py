@@ -91,7 +91,19 @@ def merge_over_defaults(overrides: dict[str, Any], base: dict[str, Any]) -> dict
 
 
 def parse_policy_text(text: str) -> Policy:
-    """Parse YAML (or JSON) policy text; an empty document means the defaults."""
+    """Parse YAML (or JSON) policy text; an empty document means the defaults.
+
+    Nesting deep enough to exhaust Python's recursion (PyYAML composes recursively) is
+    refused like any other bad document: a RecursionError escaping would reach the
+    ConfigMap watch as a broken connection, and the revision would be neither in force
+    nor reported refused."""
+    try:
+        return _parse_policy_text(text)
+    except RecursionError:
+        raise PolicyError(["(document): nested too deeply"]) from None
+
+
+def _parse_policy_text(text: str) -> Policy:
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:

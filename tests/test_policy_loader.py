@@ -76,6 +76,11 @@ def test_a_yaml_alias_bomb_is_refused_before_the_schema_walks_it() -> None:
     ]
 
 
+@pytest.mark.parametrize("levels", [600, 5000])
+def test_nesting_past_the_recursion_limit_is_refused_not_raised(levels: int) -> None:
+    assert problems("mode: " + "[" * levels + "]" * levels) == ["(document): nested too deeply"]
+
+
 def test_presets_combine_and_the_notice_window_is_the_shortest() -> None:
     policy = parse_policy_text("spotNodes: {presets: [eks, aks]}")
     assert {label.key for label in policy.spot_labels} == {
