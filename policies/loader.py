@@ -91,7 +91,19 @@ def merge_over_defaults(overrides: dict[str, Any], base: dict[str, Any]) -> dict
 
 
 def parse_policy_text(text: str) -> Policy:
-    """Parse YAML (or JSON) policy text; an empty document means the defaults."""
+    """Parse YAML (or JSON) policy text; an empty document means the defaults.
+
+    Nesting deep enough to exhaust Python's recursion (PyYAML composes recursively) is
+    refused like any other bad document: a RecursionError escaping would reach the
+    ConfigMap watch as a broken connection, and the revision would be neither in force
+    nor reported refused."""
+    try:
+        return _parse_policy_text(text)
+    except RecursionError:
+        raise PolicyError(["(document): nested too deeply"]) from None
+
+
+def _parse_policy_text(text: str) -> Policy:
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -103,7 +115,29 @@ def parse_policy_text(text: str) -> Policy:
         document = {}
     if not isinstance(document, dict):
         raise PolicyError(["(document): must be a mapping"])
+    if _expanded_size(document, {}) > MAX_EXPANDED_VALUES:
+        raise PolicyError(
+            [f"(document): expands to more than {MAX_EXPANDED_VALUES} values (YAML aliases)"]
+        )
     return compile_policy(document)
+
+
+#: A policy holds hundreds of values. YAML aliases share one value in many places, and
+#: the schema check walks every place: nine levels of nine aliases each are a few
+#: hundred bytes of text that would take the check hours (a review waits on it).
+MAX_EXPANDED_VALUES = 100_000
+
+
+def _expanded_size(value: Any, sizes: dict[int, int]) -> int:
+    """How many values ``value`` holds once every alias is expanded: each shared value is
+    sized once (``sizes`` by id), so this takes time linear in the text."""
+    if not isinstance(value, dict | list):
+        return 1
+    known = sizes.get(id(value))
+    if known is None:
+        children = value.values() if isinstance(value, dict) else value
+        known = sizes[id(value)] = 1 + sum(_expanded_size(child, sizes) for child in children)
+    return known
 
 
 def compile_policy(document: dict[str, Any]) -> Policy:

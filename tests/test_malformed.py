@@ -64,6 +64,18 @@ CASES: list[tuple[str, bytes, str, str]] = [
     ("missing object", with_request(object=None), JSON, "request.object: missing"),
     ("object not a mapping", with_request(object="pod"), JSON, "request.object: must be an object"),
     (
+        "CONNECT's object not a mapping",
+        with_request(operation="CONNECT", object=["exec"]),
+        JSON,
+        "request.object: must be an object",
+    ),
+    (
+        "CONNECT's object not a mapping, no namespace",
+        with_request(operation="CONNECT", object="exec", namespace=...),
+        JSON,
+        "request.object: must be an object",
+    ),
+    (
         "a kind spotguard does not review",
         with_request(
             kind={"group": "", "version": "v1", "kind": "Service"},

@@ -65,6 +65,22 @@ def test_invalid_documents_are_refused(text: str, expected: str) -> None:
     assert any(p.startswith(expected) for p in problems(text)), problems(text)
 
 
+def test_a_yaml_alias_bomb_is_refused_before_the_schema_walks_it() -> None:
+    """Seven levels of nine aliases: 9**7 values from a few hundred bytes of text."""
+    lines = ["x0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, 8):
+        lines.append(f"x{level}: &l{level} [" + ", ".join([f"*l{level - 1}"] * 9) + "]")
+    lines.append("mode: *l7")
+    assert problems("\n".join(lines)) == [
+        "(document): expands to more than 100000 values (YAML aliases)"
+    ]
+
+
+@pytest.mark.parametrize("levels", [600, 5000])
+def test_nesting_past_the_recursion_limit_is_refused_not_raised(levels: int) -> None:
+    assert problems("mode: " + "[" * levels + "]" * levels) == ["(document): nested too deeply"]
+
+
 def test_presets_combine_and_the_notice_window_is_the_shortest() -> None:
     policy = parse_policy_text("spotNodes: {presets: [eks, aks]}")
     assert {label.key for label in policy.spot_labels} == {

@@ -112,6 +112,8 @@ class Connection:
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
+        self._unfinished_header_bytes = 0
+        self._body_fed = 0
         self._body = bytearray()
 
     def start(self) -> None:
@@ -174,6 +176,7 @@ class Connection:
 
     def _feed(self, data: bytes) -> None:
         assert self._parser is not None
+        self._body_fed = 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as error:
@@ -191,6 +194,9 @@ class Connection:
                 self._fail(400, "protocol upgrades are not supported")
             else:
                 self._fail(400, f"malformed HTTP request: {error}")
+            return
+        if self.state in (HEADERS, BODY) and self._unfinished_header_too_long(len(data)):
+            self._fail(431, f"request headers exceed {self.limits.max_header_bytes} bytes")
             return
         self._serve_queued()
 
@@ -315,6 +321,7 @@ class Connection:
         self._url = b""
         self._headers = []
         self._header_bytes = 0
+        self._unfinished_header_bytes = 0
         self._body = bytearray()
         self.owner.became_busy(self)
 
@@ -325,6 +332,18 @@ class Connection:
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
         self._count_header_bytes(len(name) + len(value) + 4)
+
+    def _unfinished_header_too_long(self, size: int) -> bool:
+        """httptools hands a header (or a chunked body's trailer) over only once it is
+        whole, buffering its fragments until then without a bound: count what is fed
+        since the request began or its body last advanced, so one endless header line
+        is refused too, not held in memory until the deadline. The chunk counted first
+        may also hold the end of the previous request, or chunk framing before body
+        bytes, hence one chunk of slack."""
+        if self._body_fed:
+            self._unfinished_header_bytes = 0
+        self._unfinished_header_bytes += size - self._body_fed
+        return self._unfinished_header_bytes > self.limits.max_header_bytes + READ_CHUNK
 
     def _count_header_bytes(self, size: int) -> None:
         self._header_bytes += size
@@ -347,6 +366,7 @@ class Connection:
             self._send(b"HTTP/1.1 100 Continue\r\n\r\n", close=False)
 
     def on_body(self, body: bytes) -> None:
+        self._body_fed += len(body)
         if self._discarding:
             self._discarded += len(body)
             if self._discarded > self.limits.discard_bytes:

@@ -168,11 +168,12 @@ def _check_objects(request: dict[str, Any], operation: str, kind: str) -> None:
     sub_resource = request.get("subResource") or ""
     for field in ("object", "oldObject"):
         value = request.get(field)
-        if value is None or (operation == "CONNECT" and field == "object"):
+        if value is None:
             continue
         if not isinstance(value, dict):
             raise BadReview(f"request.{field}: must be an object")
-        if not sub_resource and value.get("kind") not in (None, kind):
+        connect_options = operation == "CONNECT" and field == "object"  # e.g. PodExecOptions
+        if not sub_resource and not connect_options and value.get("kind") not in (None, kind):
             raise BadReview(f"request.{field}.kind: must be {kind}, got {value.get('kind')!r}")
 
 
