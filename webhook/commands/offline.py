@@ -103,9 +103,15 @@ class Record:
         return record
 
 
+def _metadata(obj: Any) -> dict[str, Any]:
+    """The object's metadata, or nothing when it is not a mapping (the judge says so)."""
+    metadata = obj.get("metadata") if isinstance(obj, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
+
+
 def _identity(document: Document, namespace: str) -> Record:
     obj: dict[str, Any] = document.obj if isinstance(document.obj, dict) else {}
-    metadata: dict[str, Any] = obj["metadata"] if isinstance(obj.get("metadata"), dict) else {}
+    metadata = _metadata(obj)
     name = metadata.get("name") or (
         f"{metadata['generateName']}*" if metadata.get("generateName") else "(unnamed)"
     )
@@ -123,7 +129,7 @@ def review_document(
 ) -> Record:
     """The answer for one document, as ``kubectl apply -n NAMESPACE`` would get it."""
     obj = document.obj
-    own = (obj.get("metadata") or {}).get("namespace") if isinstance(obj, dict) else None
+    own = _metadata(obj).get("namespace")
     namespace = str(own or namespace_flag or "default")
     record = _identity(document, namespace)
     if not isinstance(obj, dict) or not record.api_version or not record.kind:
@@ -164,7 +170,7 @@ def _from_judgement(record: Record, judgement: Judgement) -> Record:
 
 
 def _is_policy_configmap(obj: dict[str, Any], namespace: str) -> bool:
-    labels = (obj.get("metadata") or {}).get("labels") or {}
+    labels = _metadata(obj).get("labels") or {}
     return (
         obj.get("apiVersion") == "v1"
         and obj.get("kind") == "ConfigMap"
