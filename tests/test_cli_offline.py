@@ -232,6 +232,25 @@ def test_unreadable_yaml_names_the_place(
     assert err.count("\n") == 1
 
 
+def test_a_few_aliases_and_unquoted_times_read_as_kubectl_does(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "pod.yaml"
+    path.write_text(
+        "apiVersion: v1\nkind: Pod\n"
+        "metadata: {name: p, creationTimestamp: 2020-01-01T00:00:00Z, labels: &l {app: a},"
+        " annotations: {day: 2020-01-02}}\n"
+        "spec: {containers: [{name: c, image: i, env: [{name: L, value: x}]}],"
+        " nodeSelector: *l}\n"
+    )
+    code, out, _ = run(capsys, "mutate", "-o", "json", "-f", str(path))
+    assert code == 0
+    admitted = json.loads(out)["object"]
+    assert admitted["metadata"]["creationTimestamp"] == "2020-01-01T00:00:00Z"
+    assert admitted["metadata"]["annotations"]["day"] == "2020-01-02"
+    assert admitted["spec"]["nodeSelector"] == {"app": "a"}
+
+
 def test_namespace_must_agree_with_the_flag(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
