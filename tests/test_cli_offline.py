@@ -232,6 +232,38 @@ def test_unreadable_yaml_names_the_place(
     assert err.count("\n") == 1
 
 
+def _alias_bomb(levels: int) -> str:
+    """A Pod whose annotations YAML aliases multiply ninefold per level ("billion laughs")."""
+    text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n"
+    text += '    l0: &l0 "lol"\n'
+    for level in range(1, levels + 1):
+        text += f"    l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * 9)}]\n"
+    return text + "spec: {containers: [{name: c, image: i}]}\n"
+
+
+@pytest.mark.parametrize(
+    ("document", "problem"),
+    [
+        (_alias_bomb(7), "#1: YAML aliases expand it to "),
+        ("apiVersion: v1\nkind: Pod\nmetadata: &m {name: p, labels: {self: *m}}\n",
+         "#1: a YAML alias refers to the value that contains it"),
+        ("apiVersion: v1\nkind: Pod\nmetadata: {name: p, annotations: {a: !!binary aGk=}}\n",
+         "#1: a !!binary value; manifests hold JSON values"),
+        ("apiVersion: v1\nkind: List\nitems: !!set {a, b}\n", "#1: a !!set value"),
+    ],
+    ids=["alias bomb", "recursive alias", "binary", "set"],
+)  # fmt: skip
+def test_yaml_that_json_cannot_hold_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, document: str, problem: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(document)
+    code, out, err = run(capsys, "mutate", "-o", "json", "-f", str(path))
+    assert (code, out) == (2, "")
+    assert err.startswith(f"spotguard: {path}{problem}"), err
+    assert err.count("\n") == 1
+
+
 def test_a_few_aliases_and_unquoted_times_read_as_kubectl_does(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
