@@ -368,6 +368,30 @@ def test_policy_check_picks_the_policy_configmap_among_manifests(
                    "'policy.yaml'; name another key with --policy-key)\n")  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("broken", "code", "expected"),
+    [
+        ({"data": 5}, 2, "configmap/spotguard-policy: no data key 'policy.yaml'"),
+        ({"metadata": 7}, 0, "configmap/(unnamed): policy OK: "),
+        ({"metadata": {"name": "p", "labels": ["x"]}, "data": 5}, 2, "no policy ConfigMap"),
+    ],
+    ids=["data not a mapping", "metadata not a mapping", "labels and data not mappings"],
+)
+def test_policy_check_reads_a_malformed_configmap_without_a_traceback(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, broken: dict[str, Any], code: int,
+    expected: str,
+) -> None:  # fmt: skip
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "spotguard"}}
+    rendered = tmp_path / "install.yaml"
+    rendered.write_text(yaml.safe_dump_all([service, policy_configmap("mode: audit\n") | broken]))
+    status, out, err = run(capsys, "policy", "check", str(rendered))
+    assert status == code, err
+    assert (out if code == 0 else err).startswith(
+        f"{'' if code == 0 else 'spotguard: '}{rendered}: {expected}"
+    )
+    assert (out + err).count("\n") == 1
+
+
 def test_policy_options_take_a_configmap_manifest(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
