@@ -205,6 +205,8 @@ def test_stdin_mixed_with_files_as_kubectl_get_pipes_it() -> None:
          '{"template": {"spec": {"tolerations": {"key": "spot"}}}}}',
          "spec.template.spec.tolerations: must be a list"),
         ("[1, 2]", "not a Kubernetes object: apiVersion and kind are required"),
+        ('{"apiVersion": 1, "kind": ["Pod"], "metadata": {"name": "p"}}',
+         "not a Kubernetes object: apiVersion and kind are strings"),
         ('{"apiVersion": "v1", "kind": "Pod", "metadata": 5, "spec": {"containers": []}}',
          "metadata: must be a mapping"),
         ('{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": ["a"], "spec": {}}',

@@ -134,6 +134,9 @@ def review_document(
     record = _identity(document, namespace)
     if not isinstance(obj, dict) or not record.api_version or not record.kind:
         return _set(record, "invalid", "not a Kubernetes object: apiVersion and kind are required")
+    if not isinstance(obj["apiVersion"], str) or not isinstance(obj["kind"], str):
+        record.api_version = record.kind = ""  # no kubectl name for a list or a number
+        return _set(record, "invalid", "not a Kubernetes object: apiVersion and kind are strings")
     if own and namespace_flag and own != namespace_flag:
         return _set(
             record, "invalid",
