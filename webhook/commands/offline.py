@@ -210,7 +210,8 @@ def _records(args: argparse.Namespace, policy: Policy) -> Iterator[Record]:
 
 
 def _emit(records: Iterable[Record], args: argparse.Namespace, with_object: bool) -> list[Record]:
-    """Print each record as it comes, so a long stdin stream is never held whole."""
+    """Print each record as it comes and keep only its verdict: the admitted objects of a
+    long input are not held (each file, and stdin, is still read and parsed whole)."""
     seen: list[Record] = []
     patches: list[list[dict[str, Any]]] = []
     for record in records:
