@@ -44,8 +44,8 @@ from typing import Any
 import requests
 
 from benchmarks.admission_configs import CONFIGS, FAULT_TOLERANT_LABEL, Configurations
+from benchmarks.load import build_go_program
 from benchmarks.measure import host_steal_percent, server_cpu_seconds
-from controlplane.build import cache_root
 from controlplane.harness import ControlPlane
 from controlplane.loopback import free_port
 from policies.decisions import PodContext
@@ -72,19 +72,8 @@ JSONObject = dict[str, Any]
 
 
 def build_apiload() -> Path:
-    """Build the Go client once per source version, into the cache."""
-    import hashlib  # noqa: PLC0415
-
-    digest = hashlib.sha256()
-    for name in ("go.mod", "main.go"):
-        digest.update((APILOAD_DIR / name).read_bytes())
-    binary = cache_root() / "apiload" / digest.hexdigest()[:12] / "apiload"
-    if not binary.exists():
-        binary.parent.mkdir(parents=True, exist_ok=True)
-        partial = binary.with_name(f"apiload.{os.getpid()}")
-        subprocess.run(["go", "build", "-o", str(partial), "."], cwd=APILOAD_DIR, check=True)
-        partial.replace(binary)
-    return binary
+    """The Go client, built once per source version."""
+    return build_go_program(APILOAD_DIR, "apiload")
 
 
 def pod(kind: str, containers: int = 1) -> JSONObject:

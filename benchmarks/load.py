@@ -22,18 +22,30 @@ def go_available() -> bool:
     return shutil.which("go") is not None
 
 
-def build_loadgen() -> Path:
-    """Build the Go load generator once per source version, into the cache."""
+def build_go_program(source: Path, name: str) -> Path:
+    """A one-package Go program (``go.mod``, ``go.sum``, ``main.go`` in ``source``), built
+    once per source version into ``<cache>/<name>/<digest>/<name>``. It is built beside
+    its place and renamed there, so a concurrent or interrupted build leaves no half binary.
+    """
     digest = hashlib.sha256()
-    for name in ("go.mod", "main.go"):
-        digest.update((LOADGEN_DIR / name).read_bytes())
-    binary = cache_root() / "loadgen" / digest.hexdigest()[:12] / "loadgen"
+    for file in ("go.mod", "go.sum", "main.go"):
+        if (source / file).is_file():
+            digest.update((source / file).read_bytes())
+    binary = cache_root() / name / digest.hexdigest()[:12] / name
     if not binary.exists():
-        print(f"building load generator into {binary.parent} ...", flush=True)
-        partial = binary.with_name(f"loadgen.{os.getpid()}")
-        subprocess.run(["go", "build", "-o", str(partial), "."], cwd=LOADGEN_DIR, check=True)
+        print(f"building {name} into {binary.parent} ...", flush=True)
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        partial = binary.with_name(f"{name}.{os.getpid()}")
+        subprocess.run(
+            ["go", "build", "-o", str(partial), "."], cwd=source, check=True, timeout=900
+        )
         partial.replace(binary)
     return binary
+
+
+def build_loadgen() -> Path:
+    """The Go load generator, built once per source version."""
+    return build_go_program(LOADGEN_DIR, "loadgen")
 
 
 def loadgen_command(

@@ -205,6 +205,12 @@ def test_stdin_mixed_with_files_as_kubectl_get_pipes_it() -> None:
          '{"template": {"spec": {"tolerations": {"key": "spot"}}}}}',
          "spec.template.spec.tolerations: must be a list"),
         ("[1, 2]", "not a Kubernetes object: apiVersion and kind are required"),
+        ('{"apiVersion": 1, "kind": ["Pod"], "metadata": {"name": "p"}}',
+         "not a Kubernetes object: apiVersion and kind are strings"),
+        ('{"apiVersion": "v1", "kind": "Pod", "metadata": 5, "spec": {"containers": []}}',
+         "metadata: must be a mapping"),
+        ('{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": ["a"], "spec": {}}',
+         "metadata: must be a mapping"),
     ],
 )  # fmt: skip
 def test_malformed_objects_are_refused_not_allowed(
@@ -226,6 +232,57 @@ def test_unreadable_yaml_names_the_place(
     assert (code, out) == (2, "")
     assert err.startswith(f"spotguard: {path}: not valid YAML at line 4, column 1: ")
     assert err.count("\n") == 1
+
+
+def _alias_bomb(levels: int) -> str:
+    """A Pod whose annotations YAML aliases multiply ninefold per level ("billion laughs")."""
+    text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n"
+    text += '    l0: &l0 "lol"\n'
+    for level in range(1, levels + 1):
+        text += f"    l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * 9)}]\n"
+    return text + "spec: {containers: [{name: c, image: i}]}\n"
+
+
+@pytest.mark.parametrize(
+    ("document", "problem"),
+    [
+        (_alias_bomb(7), "#1: YAML aliases expand it to "),
+        ("apiVersion: v1\nkind: Pod\nmetadata: &m {name: p, labels: {self: *m}}\n",
+         "#1: a YAML alias refers to the value that contains it"),
+        ("apiVersion: v1\nkind: Pod\nmetadata: {name: p, annotations: {a: !!binary aGk=}}\n",
+         "#1: a !!binary value; manifests hold JSON values"),
+        ("apiVersion: v1\nkind: List\nitems: !!set {a, b}\n", "#1: a !!set value"),
+    ],
+    ids=["alias bomb", "recursive alias", "binary", "set"],
+)  # fmt: skip
+def test_yaml_that_json_cannot_hold_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, document: str, problem: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(document)
+    code, out, err = run(capsys, "mutate", "-o", "json", "-f", str(path))
+    assert (code, out) == (2, "")
+    assert err.startswith(f"spotguard: {path}{problem}"), err
+    assert err.count("\n") == 1
+
+
+def test_a_few_aliases_and_unquoted_times_read_as_kubectl_does(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "pod.yaml"
+    path.write_text(
+        "apiVersion: v1\nkind: Pod\n"
+        "metadata: {name: p, creationTimestamp: 2020-01-01T00:00:00Z, labels: &l {app: a},"
+        " annotations: {day: 2020-01-02}}\n"
+        "spec: {containers: [{name: c, image: i, env: [{name: L, value: x}]}],"
+        " nodeSelector: *l}\n"
+    )
+    code, out, _ = run(capsys, "mutate", "-o", "json", "-f", str(path))
+    assert code == 0
+    admitted = json.loads(out)["object"]
+    assert admitted["metadata"]["creationTimestamp"] == "2020-01-01T00:00:00Z"
+    assert admitted["metadata"]["annotations"]["day"] == "2020-01-02"
+    assert admitted["spec"]["nodeSelector"] == {"app": "a"}
 
 
 def test_namespace_must_agree_with_the_flag(
@@ -311,6 +368,30 @@ def test_policy_check_picks_the_policy_configmap_among_manifests(
     assert code == 2
     assert err == (f"spotguard: {rendered}: no policy ConfigMap (a ConfigMap with data key "
                    "'policy.yaml'; name another key with --policy-key)\n")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("broken", "code", "expected"),
+    [
+        ({"data": 5}, 2, "configmap/spotguard-policy: no data key 'policy.yaml'"),
+        ({"metadata": 7}, 0, "configmap/(unnamed): policy OK: "),
+        ({"metadata": {"name": "p", "labels": ["x"]}, "data": 5}, 2, "no policy ConfigMap"),
+    ],
+    ids=["data not a mapping", "metadata not a mapping", "labels and data not mappings"],
+)
+def test_policy_check_reads_a_malformed_configmap_without_a_traceback(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, broken: dict[str, Any], code: int,
+    expected: str,
+) -> None:  # fmt: skip
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "spotguard"}}
+    rendered = tmp_path / "install.yaml"
+    rendered.write_text(yaml.safe_dump_all([service, policy_configmap("mode: audit\n") | broken]))
+    status, out, err = run(capsys, "policy", "check", str(rendered))
+    assert status == code, err
+    assert (out if code == 0 else err).startswith(
+        f"{'' if code == 0 else 'spotguard: '}{rendered}: {expected}"
+    )
+    assert (out + err).count("\n") == 1
 
 
 def test_policy_options_take_a_configmap_manifest(

@@ -9,7 +9,6 @@ outside int32, which Kubernetes silently wraps), which spotguard refuses instead
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controlplane.build import cache_root
+from benchmarks.load import build_go_program
 from policies.quantity import MAX_LENGTH, MAX_MAGNITUDE, QuantityError, parse_quantity
 from tests.properties import CI
 from tests.test_quantity import KUBERNETES_TABLE
@@ -33,16 +32,8 @@ ORACLE_DIR = Path(__file__).parent / "quantity_oracle"
 
 
 def build_oracle() -> Path:
-    """Build the oracle once per source version, into the cache (Go module proxy needed once)."""
-    digest = hashlib.sha256()
-    for name in ("go.mod", "go.sum", "main.go"):
-        digest.update((ORACLE_DIR / name).read_bytes())
-    binary = cache_root() / "quantity-oracle" / digest.hexdigest()[:12] / "quantity-oracle"
-    if not binary.exists():
-        subprocess.run(
-            ["go", "build", "-o", str(binary), "."], cwd=ORACLE_DIR, check=True, timeout=900
-        )
-    return binary
+    """The oracle, built once per source version (Go module proxy needed once)."""
+    return build_go_program(ORACLE_DIR, "quantity-oracle")
 
 
 @pytest.fixture(scope="module")

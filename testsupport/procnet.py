@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 PROC = Path("/proc")
@@ -41,10 +42,11 @@ def _socket_inodes(pid: int) -> set[int]:
     return inodes
 
 
-def _established(server_port: int) -> dict[int, int]:
-    """Inode of each established connection to ``server_port`` (server side), by the
-    client's port."""
-    by_client_port = {}
+ESTABLISHED, LISTEN = "01", "0A"  # the st column of /proc/net/tcp
+
+
+def _sockets(state: str, local_port: int) -> Iterator[tuple[int, int]]:
+    """(remote port, inode) of each IPv4 and IPv6 TCP socket in ``state`` on ``local_port``."""
     for table in ("tcp", "tcp6"):
         try:
             lines = (PROC / "net" / table).read_text().splitlines()[1:]
@@ -52,10 +54,14 @@ def _established(server_port: int) -> dict[int, int]:
             continue
         for line in lines:
             fields = line.split()
-            local, remote, state, inode = fields[1], fields[2], fields[3], int(fields[9])
-            if state == "01" and int(local.rsplit(":", 1)[1], 16) == server_port and inode:
-                by_client_port[int(remote.rsplit(":", 1)[1], 16)] = inode
-    return by_client_port
+            if fields[3] == state and int(fields[1].rsplit(":", 1)[1], 16) == local_port:
+                yield int(fields[2].rsplit(":", 1)[1], 16), int(fields[9])
+
+
+def _established(server_port: int) -> dict[int, int]:
+    """Inode of each established connection to ``server_port`` (server side), by the
+    client's port."""
+    return {port: inode for port, inode in _sockets(ESTABLISHED, server_port) if inode}
 
 
 def owners(server_port: int, pids: list[int]) -> dict[int, int]:
@@ -77,14 +83,5 @@ def spread(server_port: int, pids: list[int]) -> dict[int, int]:
 
 def listening(server_port: int, pids: list[int]) -> dict[int, set[int]]:
     """Inodes of the sockets listening on ``server_port`` that each pid holds."""
-    inodes = set()
-    for table in ("tcp", "tcp6"):
-        try:
-            lines = (PROC / "net" / table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == server_port:
-                inodes.add(int(fields[9]))
+    inodes = {inode for _, inode in _sockets(LISTEN, server_port)}
     return {pid: _socket_inodes(pid) & inodes for pid in pids}

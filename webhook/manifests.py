@@ -2,7 +2,8 @@
 
 Each object comes out with where it was found (``web.yaml#2``, ``pods.yaml#1.items[3]``),
 so a CI log points at the document to fix. Problems the user can fix (a path that does
-not exist, YAML that does not parse) raise :class:`ManifestError` with one line that
+not exist, YAML that does not parse or that JSON cannot hold, an alias bomb) raise
+:class:`ManifestError` with one line that
 names the file and the place; a document that parses but is not an object is handed on
 as it is, for the caller to report as invalid next to the others.
 """
@@ -21,7 +22,26 @@ import yaml
 MANIFEST_SUFFIXES = frozenset({".yaml", ".yml", ".json"})
 STDIN = "-"
 
-_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+try:
+    from yaml import CSafeLoader as _Base
+except ImportError:  # PyYAML built without libyaml
+    from yaml import SafeLoader as _Base  # type: ignore[assignment]
+#: Aliases may make a document at most this many times larger than its text, and this
+#: many values in all: beyond, it is an alias bomb (kubectl's YAML parser refuses those).
+ALIAS_GROWTH, ALIAS_VALUES = 10, 1_000_000
+_JSON_SCALARS = (str, int, float, bool, type(None))
+_YAML_ONLY: dict[type, str] = {bytes: "!!binary", set: "!!set", tuple: "!!omap or !!pairs"}
+
+
+class _Loader(_Base):
+    """YAML as kubectl reads it into JSON: an unquoted date or time stays a string."""
+
+
+def _as_written(loader: _Loader, node: yaml.Node) -> str:
+    return str(node.value)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _as_written)
 
 
 class ManifestError(Exception):
@@ -87,12 +107,66 @@ def _documents(text: str, name: str) -> Iterator[Document]:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise ManifestError(f"{name}: not valid YAML{where}: {problem}") from None
+    # Only an alias (*name) repeats a value, and only a tag (!!binary) makes one JSON has
+    # not: text with neither needs no second look (a pass costs about a quarter of parsing).
+    suspect = "*" in text or "!" in text
     number = 0
     for document in loaded:
         if document is None:
             continue
         number += 1
+        if suspect:
+            _check_json(document, f"{name}#{number}")
         yield from _expand(document, f"{name}#{number}")
+
+
+def _check_json(document: Any, where: str) -> None:
+    """Refuse what JSON cannot hold and what would not fit in memory once written out:
+    a value YAML alone has (``!!binary``, ``!!set``), an alias that contains itself, or
+    aliases that multiply the document (a "billion laughs"). Shared values are counted
+    once per container, so this costs one pass over the document as parsed."""
+    expanded: dict[int, int] = {}  # id(container) -> values in it, aliases written out
+    open_containers: set[int] = set()
+    distinct = 0
+    stack: list[tuple[Any, bool]] = [(document, False)]
+    while stack:
+        value, closing = stack.pop()
+        children = _children(value)
+        if closing:
+            open_containers.discard(id(value))
+            expanded[id(value)] = 1 + sum(expanded.get(id(c), 1) for c in children or ())
+            continue
+        if id(value) in expanded:
+            continue
+        if id(value) in open_containers:
+            raise ManifestError(f"{where}: a YAML alias refers to the value that contains it")
+        if children is None:
+            if not isinstance(value, _JSON_SCALARS):
+                tag = _YAML_ONLY.get(type(value), type(value).__name__)
+                raise ManifestError(
+                    f"{where}: a {tag} value; manifests hold JSON values "
+                    "(strings, numbers, booleans, null, lists and mappings)"
+                )
+            continue
+        open_containers.add(id(value))
+        distinct += 1 + len(children)
+        stack.append((value, True))
+        stack.extend((child, False) for child in children)
+    total = expanded.get(id(document), 1)
+    if total > ALIAS_VALUES and total > ALIAS_GROWTH * distinct:
+        raise ManifestError(
+            f"{where}: YAML aliases expand it to {total} values from {distinct} "
+            "(an alias bomb?); write the repeated parts out or use fewer aliases"
+        )
+
+
+def _children(value: Any) -> list[Any] | None:
+    """A mapping's keys and values, a list's items; None for a scalar."""
+    if isinstance(value, dict):
+        return [*value.keys(), *value.values()]
+    if isinstance(value, list):
+        return value
+    return None
 
 
 def _expand(document: Any, source: str) -> Iterator[Document]:

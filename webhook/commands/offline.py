@@ -103,9 +103,15 @@ class Record:
         return record
 
 
+def _metadata(obj: Any) -> dict[str, Any]:
+    """The object's metadata, or nothing when it is not a mapping (the judge says so)."""
+    metadata = obj.get("metadata") if isinstance(obj, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
+
+
 def _identity(document: Document, namespace: str) -> Record:
     obj: dict[str, Any] = document.obj if isinstance(document.obj, dict) else {}
-    metadata: dict[str, Any] = obj["metadata"] if isinstance(obj.get("metadata"), dict) else {}
+    metadata = _metadata(obj)
     name = metadata.get("name") or (
         f"{metadata['generateName']}*" if metadata.get("generateName") else "(unnamed)"
     )
@@ -123,11 +129,14 @@ def review_document(
 ) -> Record:
     """The answer for one document, as ``kubectl apply -n NAMESPACE`` would get it."""
     obj = document.obj
-    own = (obj.get("metadata") or {}).get("namespace") if isinstance(obj, dict) else None
+    own = _metadata(obj).get("namespace")
     namespace = str(own or namespace_flag or "default")
     record = _identity(document, namespace)
     if not isinstance(obj, dict) or not record.api_version or not record.kind:
         return _set(record, "invalid", "not a Kubernetes object: apiVersion and kind are required")
+    if not isinstance(obj["apiVersion"], str) or not isinstance(obj["kind"], str):
+        record.api_version = record.kind = ""  # no kubectl name for a list or a number
+        return _set(record, "invalid", "not a Kubernetes object: apiVersion and kind are strings")
     if own and namespace_flag and own != namespace_flag:
         return _set(
             record, "invalid",
@@ -164,7 +173,7 @@ def _from_judgement(record: Record, judgement: Judgement) -> Record:
 
 
 def _is_policy_configmap(obj: dict[str, Any], namespace: str) -> bool:
-    labels = (obj.get("metadata") or {}).get("labels") or {}
+    labels = _metadata(obj).get("labels") or {}
     return (
         obj.get("apiVersion") == "v1"
         and obj.get("kind") == "ConfigMap"
@@ -201,7 +210,8 @@ def _records(args: argparse.Namespace, policy: Policy) -> Iterator[Record]:
 
 
 def _emit(records: Iterable[Record], args: argparse.Namespace, with_object: bool) -> list[Record]:
-    """Print each record as it comes, so a long stdin stream is never held whole."""
+    """Print each record as it comes and keep only its verdict: the admitted objects of a
+    long input are not held (each file, and stdin, is still read and parsed whole)."""
     seen: list[Record] = []
     patches: list[list[dict[str, Any]]] = []
     for record in records:
