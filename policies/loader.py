@@ -37,6 +37,7 @@ from policies.operators import OPERATOR_PRESETS
 from policies.paths import parse_path
 from policies.presets import PRESETS, NodeLabel, Preset, Taint
 from policies.schema import format_path, schema_errors
+from policies.yaml_values import AliasCycle, measure
 
 
 class PolicyError(ValueError):
@@ -115,7 +116,11 @@ def _parse_policy_text(text: str) -> Policy:
         document = {}
     if not isinstance(document, dict):
         raise PolicyError(["(document): must be a mapping"])
-    if _expanded_size(document, {}) > MAX_EXPANDED_VALUES:
+    try:
+        expanded = measure(document).expanded
+    except AliasCycle as error:
+        raise PolicyError([f"(document): {error}"]) from None
+    if expanded > MAX_EXPANDED_VALUES:
         raise PolicyError(
             [f"(document): expands to more than {MAX_EXPANDED_VALUES} values (YAML aliases)"]
         )
@@ -125,19 +130,8 @@ def _parse_policy_text(text: str) -> Policy:
 #: A policy holds hundreds of values. YAML aliases share one value in many places, and
 #: the schema check walks every place: nine levels of nine aliases each are a few
 #: hundred bytes of text that would take the check hours (a review waits on it).
+#: (Keys and values count, as policies.yaml_values measures.)
 MAX_EXPANDED_VALUES = 100_000
-
-
-def _expanded_size(value: Any, sizes: dict[int, int]) -> int:
-    """How many values ``value`` holds once every alias is expanded: each shared value is
-    sized once (``sizes`` by id), so this takes time linear in the text."""
-    if not isinstance(value, dict | list):
-        return 1
-    known = sizes.get(id(value))
-    if known is None:
-        children = value.values() if isinstance(value, dict) else value
-        known = sizes[id(value)] = 1 + sum(_expanded_size(child, sizes) for child in children)
-    return known
 
 
 def compile_policy(document: dict[str, Any]) -> Policy:

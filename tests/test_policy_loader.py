@@ -76,6 +76,12 @@ def test_a_yaml_alias_bomb_is_refused_before_the_schema_walks_it() -> None:
     ]
 
 
+def test_an_alias_inside_the_value_it_names_is_refused() -> None:
+    assert problems("mode: &m [*m]") == [
+        "(document): a YAML alias refers to the value that contains it"
+    ]
+
+
 @pytest.mark.parametrize("levels", [600, 5000])
 def test_nesting_past_the_recursion_limit_is_refused_not_raised(levels: int) -> None:
     assert problems("mode: " + "[" * levels + "]" * levels) == ["(document): nested too deeply"]

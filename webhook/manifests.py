@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from policies.yaml_values import AliasCycle, measure
+
 #: The extensions ``kubectl apply -f DIR`` reads; other files in a directory are ignored.
 MANIFEST_SUFFIXES = frozenset({".yaml", ".yml", ".json"})
 STDIN = "-"
@@ -29,7 +31,6 @@ except ImportError:  # PyYAML built without libyaml
 #: Aliases may make a document at most this many times larger than its text, and this
 #: many values in all: beyond, it is an alias bomb (kubectl's YAML parser refuses those).
 ALIAS_GROWTH, ALIAS_VALUES = 10, 1_000_000
-_JSON_SCALARS = (str, int, float, bool, type(None))
 _YAML_ONLY: dict[type, str] = {bytes: "!!binary", set: "!!set", tuple: "!!omap or !!pairs"}
 
 
@@ -123,50 +124,23 @@ def _documents(text: str, name: str) -> Iterator[Document]:
 def _check_json(document: Any, where: str) -> None:
     """Refuse what JSON cannot hold and what would not fit in memory once written out:
     a value YAML alone has (``!!binary``, ``!!set``), an alias that contains itself, or
-    aliases that multiply the document (a "billion laughs"). Shared values are counted
-    once per container, so this costs one pass over the document as parsed."""
-    expanded: dict[int, int] = {}  # id(container) -> values in it, aliases written out
-    open_containers: set[int] = set()
-    distinct = 0
-    stack: list[tuple[Any, bool]] = [(document, False)]
-    while stack:
-        value, closing = stack.pop()
-        children = _children(value)
-        if closing:
-            open_containers.discard(id(value))
-            expanded[id(value)] = 1 + sum(expanded.get(id(c), 1) for c in children or ())
-            continue
-        if id(value) in expanded:
-            continue
-        if id(value) in open_containers:
-            raise ManifestError(f"{where}: a YAML alias refers to the value that contains it")
-        if children is None:
-            if not isinstance(value, _JSON_SCALARS):
-                tag = _YAML_ONLY.get(type(value), type(value).__name__)
-                raise ManifestError(
-                    f"{where}: a {tag} value; manifests hold JSON values "
-                    "(strings, numbers, booleans, null, lists and mappings)"
-                )
-            continue
-        open_containers.add(id(value))
-        distinct += 1 + len(children)
-        stack.append((value, True))
-        stack.extend((child, False) for child in children)
-    total = expanded.get(id(document), 1)
-    if total > ALIAS_VALUES and total > ALIAS_GROWTH * distinct:
+    aliases that multiply the document (a "billion laughs")."""
+    try:
+        values = measure(document)
+    except AliasCycle as error:
+        raise ManifestError(f"{where}: {error}") from None
+    if values.foreign is not None:
+        tag = _YAML_ONLY.get(values.foreign, values.foreign.__name__)
         raise ManifestError(
-            f"{where}: YAML aliases expand it to {total} values from {distinct} "
-            "(an alias bomb?); write the repeated parts out or use fewer aliases"
+            f"{where}: a {tag} value; manifests hold JSON values "
+            "(strings, numbers, booleans, null, lists and mappings)"
         )
-
-
-def _children(value: Any) -> list[Any] | None:
-    """A mapping's keys and values, a list's items; None for a scalar."""
-    if isinstance(value, dict):
-        return [*value.keys(), *value.values()]
-    if isinstance(value, list):
-        return value
-    return None
+    if values.expanded > ALIAS_VALUES and values.expanded > ALIAS_GROWTH * values.distinct:
+        raise ManifestError(
+            f"{where}: YAML aliases expand it to {values.expanded} values from "
+            f"{values.distinct} (an alias bomb?); write the repeated parts out or use fewer "
+            "aliases"
+        )
 
 
 def _expand(document: Any, source: str) -> Iterator[Document]:
