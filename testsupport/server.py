@@ -22,6 +22,11 @@ from testsupport.procnet import children
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Probes ask the server to close after answering: a kept-alive probe connection would
+# otherwise linger on some worker until the garbage collector frees the response, and
+# tests that count a worker's connections would count it too.
+ONE_REQUEST = {"Connection": "close"}
+
 
 @dataclass(frozen=True)
 class RunningServer:
@@ -55,7 +60,7 @@ class RunningServer:
         answers = set()
         for _ in range(asks):
             with self.session() as session:
-                ready = session.get(self.url + "/readyz", timeout=5).json()
+                ready = session.get(self.url + "/readyz", timeout=5, headers=ONE_REQUEST).json()
                 answers.add(str(ready["policyRevision"]))
         return answers
 
@@ -133,7 +138,8 @@ def _wait_ready(server: RunningServer, timeout: float) -> None:
                 log = server.log_file
                 raise RuntimeError(f"webhook exited early; log {log}:\n{log.read_text()}")
             try:
-                if session.get(server.url + "/readyz", timeout=1).status_code == 200:
+                reply = session.get(server.url + "/readyz", timeout=1, headers=ONE_REQUEST)
+                if reply.status_code == 200:
                     return
             except (requests.ConnectionError, requests.Timeout):
                 # Not listening yet; workers accept only once their watch caches synced
