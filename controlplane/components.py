@@ -15,6 +15,8 @@ from controlplane.loopback import HOST
 
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
 POD_CIDR = "10.244.0.0/16"
+#: What a kubelet sets (its default); kwok renews the lease every quarter of it.
+NODE_LEASE_SECONDS = 40
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 
@@ -112,4 +114,9 @@ def kwok_argv(bin_dir: Path, kubeconfig: Path, stages: Path, node_annotation: st
         f"--manage-nodes-with-annotation-selector={node_annotation}=fake",
         f"--node-ip={HOST}",
         f"--cidr={POD_CIDR}",
+        # Heartbeats by Lease, as a kubelet's (the stages' node-heartbeat-with-lease
+        # expects them). Without a lease, kwok rewrites a node's status only every 10-20
+        # minutes: the node-lifecycle controller found every node stale after its 50 s grace,
+        # tainted it unreachable for a second or two, and did so again a minute later.
+        f"--node-lease-duration-seconds={NODE_LEASE_SECONDS}",
     ]
