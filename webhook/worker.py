@@ -43,6 +43,7 @@ from gunicorn.workers.base import Worker
 from webhook.connection import CLOSED, HANDSHAKE, Connection, Limits
 from webhook.http_messages import Request, WSGIApp, call_application, error_response, wsgi_environ
 from webhook.listeners import Listener
+from webhook.tls_after_fork import EXIT_TLS_WEDGED, PROBE_SECONDS, tls_works
 from webhook.worker_state import WorkerState
 
 SWEEP_SECONDS = 0.25
@@ -99,6 +100,15 @@ class EventLoopWorker(Worker):  # type: ignore[misc]
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         _raise_file_limit(self.serving.max_connections + 256)
+        if not tls_works(self.serving.tls_context):
+            self.log.error(
+                "worker %s: a TLS handshake did not finish in %.0f s; the fork inherited a "
+                "lock held inside OpenSSL by a thread of the master. Exiting for a new worker",
+                self.pid,
+                PROBE_SECONDS,
+                extra={"fields": {"event": "worker_tls_wedged", "pid": self.pid}},
+            )
+            os._exit(EXIT_TLS_WEDGED)  # nothing of this process is worth unwinding
         super().init_process()  # signals, the app, then run()
 
     def init_signals(self) -> None:

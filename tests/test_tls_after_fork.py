@@ -1,0 +1,154 @@
+"""A worker proves TLS works before it serves: a fork that inherited a lock held inside
+OpenSSL by another thread of the master is caught, and the worker makes way for another.
+The last test forks a process whose threads make TLS connections, as the master's do."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import ssl
+import threading
+import time
+
+import pytest
+from gunicorn.arbiter import Arbiter
+
+from certs.pki import CertPaths, generate_pair
+from webhook.tls_after_fork import EXIT_TLS_WEDGED, handshake_in_memory, tls_works
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> CertPaths:
+    return generate_pair(tmp_path_factory.mktemp("certs"), ["localhost"], ["127.0.0.1"])
+
+
+def serving_context(pair: CertPaths) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pair.cert, pair.key)
+    return context
+
+
+def test_the_probe_completes_a_handshake_with_the_serving_context(pair: CertPaths) -> None:
+    context = serving_context(pair)
+    handshake_in_memory(context)  # raises if either side did not finish
+    started = time.monotonic()
+    assert tls_works(lambda: context)
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_handshake_that_never_finishes_is_reported_within_the_bound(pair: CertPaths) -> None:
+    held = threading.Event()  # never set: a lock no thread of this process will release
+    started = time.monotonic()
+    assert not tls_works(lambda: serving_context(pair), 0.2, probe=lambda _: held.wait())
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_context_that_cannot_be_had_is_reported_too() -> None:
+    held = threading.Event()
+
+    def context() -> ssl.SSLContext:
+        held.wait()
+        raise AssertionError("unreachable")
+
+    assert not tls_works(context, 0.2)
+
+
+def test_an_error_is_not_a_held_lock(pair: CertPaths) -> None:
+    def failing(_: ssl.SSLContext) -> None:
+        raise ssl.SSLError("a certificate being replaced")
+
+    assert tls_works(lambda: serving_context(pair), 0.2, probe=failing)
+
+
+def test_the_exit_code_makes_gunicorn_fork_another_worker_not_stop() -> None:
+    assert EXIT_TLS_WEDGED not in (Arbiter.WORKER_BOOT_ERROR, Arbiter.APP_LOAD_ERROR)
+
+
+FORKS = 200
+FINE, CAUGHT, MISSED, PROBE_ONLY = 0, 5, 6, 7
+
+
+class TLSChurn:
+    """A TLS server on loopback and four threads connecting to it without pause, as the
+    master's watch, lease and audit threads connect to the API server."""
+
+    def __init__(self, pair: CertPaths) -> None:
+        self.pair = pair
+        self.context = serving_context(pair)
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=512)
+        self.port = self.listener.getsockname()[1]
+        self.stop = threading.Event()
+
+    def __enter__(self) -> TLSChurn:
+        threading.Thread(target=self._serve, daemon=True).start()
+        for _ in range(4):
+            threading.Thread(target=self._churn, daemon=True).start()
+        time.sleep(0.2)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.listener.close()
+
+    def connect(self) -> None:
+        client = ssl.create_default_context(cafile=str(self.pair.ca_cert))
+        with (
+            socket.create_connection(("127.0.0.1", self.port), timeout=5) as raw,
+            client.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            tls.sendall(b"x")
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(connection,), daemon=True).start()
+
+    def _answer(self, connection: socket.socket) -> None:
+        with (
+            contextlib.suppress(ssl.SSLError, OSError),
+            self.context.wrap_socket(connection, server_side=True) as tls,
+        ):
+            tls.recv(1)
+
+    def _churn(self) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(ssl.SSLError, OSError):
+                self.connect()
+
+
+def child(churn: TLSChurn) -> int:
+    """In the forked child: the probe, then a real connection, both bounded."""
+    signal.alarm(10)
+    passed = tls_works(lambda: churn.context, 2.0)
+    real = threading.Thread(target=churn.connect, daemon=True)
+    real.start()
+    real.join(2.0)
+    outcomes = {
+        (True, False): FINE,
+        (False, True): CAUGHT,
+        (True, True): MISSED,
+        (False, False): PROBE_ONLY,
+    }
+    return outcomes[(passed, real.is_alive())]
+
+
+@pytest.mark.processes
+def test_no_fork_passes_the_probe_and_then_hangs_in_a_handshake(pair: CertPaths) -> None:
+    """Forked while other threads make TLS connections, a child the probe passed must
+    connect: the probe misses no fork that inherited a held lock."""
+    outcomes: dict[int, int] = {}
+    with TLSChurn(pair) as churn:
+        for _ in range(FORKS):
+            pid = os.fork()
+            if pid == 0:
+                os._exit(child(churn))
+            code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+            outcomes[code] = outcomes.get(code, 0) + 1
+    print(f"{FORKS} forks: {outcomes} (0 fine, 5 caught, 6 missed, 7 only the probe hung)")
+    assert set(outcomes) <= {FINE, CAUGHT, PROBE_ONLY}, outcomes
+    assert outcomes.get(FINE, 0) >= FORKS * 0.8, outcomes
