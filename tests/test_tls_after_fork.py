@@ -5,17 +5,25 @@ The last test forks a process whose threads make TLS connections, as the master'
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
+import requests
 from gunicorn.arbiter import Arbiter
 
 from certs.pki import CertPaths, generate_pair
+from controlplane.loopback import free_port
+from controlplane.polling import wait_for
+from testsupport.server import ONE_REQUEST, REPO, RunningServer
 from webhook.tls_after_fork import EXIT_TLS_WEDGED, handshake_in_memory, tls_works
 
 
@@ -152,3 +160,58 @@ def test_no_fork_passes_the_probe_and_then_hangs_in_a_handshake(pair: CertPaths)
     print(f"{FORKS} forks: {outcomes} (0 fine, 5 caught, 6 missed, 7 only the probe hung)")
     assert set(outcomes) <= {FINE, CAUGHT, PROBE_ONLY}, outcomes
     assert outcomes.get(FINE, 0) >= FORKS * 0.8, outcomes
+
+
+#: Runs the CLI with the worker's TLS check failing in the first worker only (a marker
+#: file says a worker already failed it), as a fork that inherited a held lock would.
+FIRST_WORKER_WEDGED = """
+import os, sys
+from pathlib import Path
+import webhook.worker
+marker = Path(os.environ["WEDGE_MARKER"])
+def first_fails(context, *args, **kwargs):
+    if marker.exists():
+        return True
+    marker.write_text(str(os.getpid()))
+    return False
+webhook.worker.tls_works = first_fails
+from webhook.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.processes
+def test_a_wedged_worker_exits_and_gunicorn_forks_a_working_one(tmp_path: Path) -> None:
+    certs = generate_pair(tmp_path / "certs", ["localhost"], ["127.0.0.1"])
+    port = free_port()
+    log_file = tmp_path / "serve.log"
+    command = [
+        sys.executable, "-c", FIRST_WORKER_WEDGED, "serve", "--bind", f"127.0.0.1:{port}",
+        "--cert-dir", str(certs.cert.parent), "--workers", "1", "--shutdown-delay", "0",
+    ]  # fmt: skip
+    marker = tmp_path / "wedged"
+    with log_file.open("ab") as log:
+        process = subprocess.Popen(
+            command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "WEDGE_MARKER": str(marker)},
+        )  # fmt: skip
+    server = RunningServer(f"https://127.0.0.1:{port}", port, certs, process, log_file)
+    try:
+        with server.session() as session:
+
+            def ready() -> bool:
+                try:
+                    reply = session.get(server.url + "/readyz", timeout=1, headers=ONE_REQUEST)
+                except requests.RequestException:
+                    return False
+                return reply.status_code == 200
+
+            wait_for(ready, 30, "a worker answers /readyz")
+        events = [json.loads(line) for line in server.log_lines() if line.startswith("{")]
+        wedged = [e for e in events if e.get("event") == "worker_tls_wedged"]
+        assert [e["pid"] for e in wedged] == [int(marker.read_text())]
+        assert any(f"exited with code {EXIT_TLS_WEDGED}" in e["message"] for e in events)
+        assert process.poll() is None  # the master carried on
+        assert server.workers() and int(marker.read_text()) not in server.workers()
+    finally:
+        server.stop()
