@@ -74,6 +74,14 @@ def test_a_reload_starts_the_new_workers_before_stopping_the_old_ones() -> None:
     assert "self.kill_worker(pid, signal.SIGTERM)" in manage  # the oldest beyond the count
 
 
+def test_the_first_workers_are_forked_by_manage_workers_before_the_main_loop() -> None:
+    """The master's API threads start after that first call (DrainingArbiter)."""
+    run = source(Arbiter.run)
+    assert before(run, "self.start()", "self.manage_workers()")
+    assert before(run, "self.manage_workers()", "while True:")
+    assert "self.spawn_workers()" in source(Arbiter.manage_workers)
+
+
 def test_signals_reach_the_handlers_spotguard_overrides() -> None:
     run = source(Arbiter.run)
     assert 'getattr(self, "handle_%s" % signame' in run

@@ -111,6 +111,13 @@ class DrainingArbiter(Arbiter):  # type: ignore[misc]
         """Re-executing the master is not supported: SIGHUP replaces the workers."""
         self.log.warning("SIGUSR2 ignored: send SIGHUP to restart the workers")
 
+    def manage_workers(self) -> None:
+        """The master's API threads start once the first workers are forked: a fork taken
+        while one of them is inside OpenSSL can leave the child a lock held for ever
+        (webhook.tls_after_fork). Later forks still can; each worker checks."""
+        super().manage_workers()
+        self.app.start_background()
+
 
 class WebhookServer(BaseApplication):  # type: ignore[misc]
     """gunicorn configured in code; each worker builds its app after the fork."""
@@ -125,6 +132,7 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
         self._draining = multiprocessing.Value("b", 0, lock=False)
         self._tls = ReloadingContext(options.cert_file, options.key_file, self._record_expiry)
         self._cluster: WatchedCluster = NO_CLUSTER
+        self._background_started = False
         self.limits = options.limits
         self.max_connections = options.max_connections
         self.worker_state_dir = options.runtime_dir / "workers"
@@ -232,6 +240,12 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
         if self._options.metrics_bind and multiprocess_enabled():
             host, _, port = self._options.metrics_bind.rpartition(":")
             start_scrape_server(int(port), host or "0.0.0.0")
+
+    def start_background(self) -> None:
+        """The policy source's watches and the background tasks (once)."""
+        if self._background_started:
+            return
+        self._background_started = True
         if self._source is not None:
             self._source.start()
         for task in self._options.background:
