@@ -24,6 +24,7 @@ from certs.pki import CertPaths, generate_pair
 from controlplane.loopback import free_port
 from controlplane.polling import wait_for
 from testsupport.server import ONE_REQUEST, REPO, RunningServer
+from webhook.tls import ReloadingContext
 from webhook.tls_after_fork import EXIT_TLS_WEDGED, handshake_in_memory, tls_works
 
 
@@ -33,9 +34,8 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> CertPaths:
 
 
 def serving_context(pair: CertPaths) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(pair.cert, pair.key)
-    return context
+    """The context the server serves with (the one a worker's check uses)."""
+    return ReloadingContext(pair.cert, pair.key).context()
 
 
 def test_the_probe_completes_a_handshake_with_the_serving_context(pair: CertPaths) -> None:

@@ -17,6 +17,7 @@ every child whose handshake then hung.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import threading
 from collections.abc import Callable
@@ -59,19 +60,16 @@ def handshake_in_memory(server_context: ssl.SSLContext) -> None:
     client_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client_context.check_hostname = False
     client_context.verify_mode = ssl.CERT_NONE  # only the mechanics are under test
-    pipes = [ssl.MemoryBIO() for _ in range(4)]
-    client = client_context.wrap_bio(pipes[0], pipes[1], server_hostname="probe.invalid")
-    server = server_context.wrap_bio(pipes[2], pipes[3], server_side=True)
-    done = {id(client): False, id(server): False}
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_context.wrap_bio(to_client, to_server, server_hostname="probe.invalid")
+    server = server_context.wrap_bio(to_server, to_client, server_side=True)
+    finished: set[ssl.SSLObject] = set()
     for _ in range(_ROUNDS):
-        for end, outgoing, incoming in ((client, pipes[1], pipes[2]), (server, pipes[3], pipes[0])):
-            if not done[id(end)]:
-                try:
+        for end in (client, server):
+            if end not in finished:
+                with contextlib.suppress(ssl.SSLWantReadError):
                     end.do_handshake()
-                    done[id(end)] = True
-                except ssl.SSLWantReadError:
-                    pass
-            incoming.write(outgoing.read())
-        if all(done.values()):
+                    finished.add(end)
+        if len(finished) == 2:
             return
     raise ssl.SSLError("the in-memory handshake did not complete")
