@@ -84,7 +84,7 @@ def policy_texts(text: str, name: str, key: str = DEFAULT_CONFIGMAP_KEY) -> list
     if not configmaps and len(documents) <= 1:
         return [(name, text)]  # a policy document (the loader says what is wrong with it)
     labelled = [d for d in configmaps if _labels(d).get(POLICY_LABEL) == "true"]
-    keyed = [d for d in configmaps if isinstance(_mapping(d, "data").get(key), str)]
+    keyed = [d for d in configmaps if isinstance(mapping_at(d, "data").get(key), str)]
     chosen = labelled or keyed
     if not chosen:
         raise CLIError(
@@ -93,22 +93,23 @@ def policy_texts(text: str, name: str, key: str = DEFAULT_CONFIGMAP_KEY) -> list
         )
     found: list[tuple[str, str]] = []
     for configmap in chosen:
-        where = f"{name}: configmap/{_mapping(configmap, 'metadata').get('name', '(unnamed)')}"
-        policy_text = _mapping(configmap, "data").get(key)
+        where = f"{name}: configmap/{mapping_at(configmap, 'metadata').get('name', '(unnamed)')}"
+        policy_text = mapping_at(configmap, "data").get(key)
         if not isinstance(policy_text, str):
             raise CLIError(f"{where}: no data key {key!r} (name the key with --policy-key)")
         found.append((where, policy_text))
     return found
 
 
-def _mapping(obj: dict[str, Any], key: str) -> dict[str, Any]:
-    """``obj[key]`` when it is a mapping, else an empty one (a manifest is user input)."""
-    value = obj.get(key)
+def mapping_at(obj: Any, key: str) -> dict[str, Any]:
+    """``obj[key]`` when both are mappings, else an empty one (a manifest is user input:
+    its metadata may be a number, its data a list)."""
+    value = obj.get(key) if isinstance(obj, dict) else None
     return value if isinstance(value, dict) else {}
 
 
 def _labels(obj: dict[str, Any]) -> dict[str, Any]:
-    return _mapping(_mapping(obj, "metadata"), "labels")
+    return mapping_at(mapping_at(obj, "metadata"), "labels")
 
 
 def load_policy(path: Path | None, key: str = DEFAULT_CONFIGMAP_KEY) -> Policy:

@@ -31,6 +31,7 @@ from webhook.commands.common import (
     CLIError,
     add_policy_options,
     load_policy,
+    mapping_at,
     policy_texts,
     read_text,
 )
@@ -103,15 +104,9 @@ class Record:
         return record
 
 
-def _metadata(obj: Any) -> dict[str, Any]:
-    """The object's metadata, or nothing when it is not a mapping (the judge says so)."""
-    metadata = obj.get("metadata") if isinstance(obj, dict) else None
-    return metadata if isinstance(metadata, dict) else {}
-
-
 def _identity(document: Document, namespace: str) -> Record:
     obj: dict[str, Any] = document.obj if isinstance(document.obj, dict) else {}
-    metadata = _metadata(obj)
+    metadata = mapping_at(obj, "metadata")
     name = metadata.get("name") or (
         f"{metadata['generateName']}*" if metadata.get("generateName") else "(unnamed)"
     )
@@ -129,7 +124,7 @@ def review_document(
 ) -> Record:
     """The answer for one document, as ``kubectl apply -n NAMESPACE`` would get it."""
     obj = document.obj
-    own = _metadata(obj).get("namespace")
+    own = mapping_at(obj, "metadata").get("namespace")
     namespace = str(own or namespace_flag or "default")
     record = _identity(document, namespace)
     if not isinstance(obj, dict) or not record.api_version or not record.kind:
@@ -173,12 +168,11 @@ def _from_judgement(record: Record, judgement: Judgement) -> Record:
 
 
 def _is_policy_configmap(obj: dict[str, Any], namespace: str) -> bool:
-    labels = _metadata(obj).get("labels") or {}
+    labels = mapping_at(mapping_at(obj, "metadata"), "labels")
     return (
         obj.get("apiVersion") == "v1"
         and obj.get("kind") == "ConfigMap"
         and namespace == SPOTGUARD_NAMESPACE
-        and isinstance(labels, dict)
         and labels.get(POLICY_LABEL) == "true"
     )
 
