@@ -13,6 +13,10 @@ Run: ``python -m benchmarks.bench_webhook`` (``make bench``). It prints:
    trickling a request one byte per second and 100 that never start TLS, all open at
    once: p50/p99, failures, the new connections' handshake times, RSS per worker. Targets:
    p99 under 20 ms, 0 failures, handshakes within 100 ms.
+4. The same steady load on a reference server (benchmarks/refserver, Go, see
+   benchmarks/reference.py) doing no work, the same fixed work per request as spotguard's
+   CPU time per review (adjusted once under load), and work bounded by its CPU clock to
+   the same time: what tail this machine gives any server with spotguard's budget.
 
 The load generator is a small Go program (benchmarks/loadgen), Go's HTTP client being
 the API server's; it shares this machine's cores with the server, and so does whatever
@@ -34,6 +38,8 @@ from typing import Any
 from benchmarks.designs import OLD_DESIGN_REF, source_tree
 from benchmarks.load import build_loadgen
 from benchmarks.measure import host_steal_percent, policy_path_figures, rss_mib, run_load
+from benchmarks.reference import build_refserver, reference_server
+from certs.pki import CertPaths
 from testsupport.procnet import spread
 from testsupport.reviews import plain_pod, review, training_pod
 from testsupport.server import REPO, RunningServer, start_server
@@ -133,6 +139,52 @@ def steady_phase(
                     sample=(warmup + args.bad_duration / 2, memory), **options)  # fmt: skip
 
 
+def reference_phases(
+    loadgen: Path,
+    certs: CertPaths,
+    body: Path,
+    *,
+    spotguard_cpu_us: float,
+    workdir: Path,
+    args: argparse.Namespace,
+) -> list[tuple[str, Row]]:
+    """The steady load on the reference: no work, spotguard's work, spotguard's CPU time.
+
+    The fixed work is timed when the reference starts, on a quiet core; under load the same
+    work takes more CPU time, so it is adjusted once, from a short phase, until the
+    reference's CPU per request matches spotguard's."""
+    binary = build_refserver()
+    options: dict[str, Any] = {**STEADY, "d": f"{args.bad_duration}s", "expect": '"allowed"'}
+
+    def phase(name: str, duration: float | None = None, **work: float) -> Row:
+        timed = {**options, "d": f"{duration}s"} if duration else options
+        with reference_server(binary, certs, workdir / name, **work) as reference:
+            return run_load(loadgen, reference, "/validate", body, **timed)
+
+    bare = phase("none")
+    budget = max(spotguard_cpu_us - bare["server_cpu_us"], 0.0)
+    trial = phase("trial", duration=5.0, work_us=budget)
+    work = budget * budget / max(trial["server_cpu_us"] - bare["server_cpu_us"], 1.0)
+    return [
+        ("no work", bare),
+        ("same work", phase("work", work_us=work)),
+        ("same CPU time", phase("cpu", cpu_us=budget)),
+    ]
+
+
+def print_reference(spotguard: Row, rows: list[tuple[str, Row]]) -> None:
+    print(
+        f"\nreference (Go HTTPS server, the same steady load; spotguard alone used "
+        f"{spotguard['server_cpu_us']:,.0f} us of CPU per review, "
+        f"p99 {spotguard['p99_ms']:.1f} ms):"
+    )
+    print(f"  {'':<16}{'CPU/req us':>11}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}{'fails':>6}")
+    for name, row in rows:
+        failures = row["errors"] + row["non200"] + row["wrong"]
+        print(f"  {name:<16}{row['server_cpu_us']:>11,.0f}{row['p50_ms']:>8.2f}"
+              f"{row['p99_ms']:>8.2f}{row['max_ms']:>8.1f}{failures:>6}")  # fmt: skip
+
+
 def print_steady(design: str, name: str, row: Row) -> None:
     fresh, handshakes = row["fresh"], row["handshakes"]
     failures = row["errors"] + row["non200"] + row["wrong"] + fresh["errors"] + fresh["non200"]
@@ -180,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             designs["old"] = old_tree
         rounds: dict[str, list[dict[str, Row]]] = {design: [] for design in designs}
         steady: list[tuple[str, str, Row]] = []
+        reference: list[tuple[str, Row]] = []
         for round_ in range(args.rounds):
             for design, tree in designs.items():
                 server = start_server(workdir / f"{design}{round_}", workers=2, repo=tree)
@@ -191,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
                             steady.append((design, "bad clients" if bad else "alone", row))
                 finally:
                     server.stop()
+                if round_ == 0 and design == "new":
+                    alone = next(row for d, name, row in steady if d == "new" and name == "alone")
+                    reference = reference_phases(
+                        loadgen, server.certs, bodies["/validate"],
+                        spotguard_cpu_us=alone["server_cpu_us"], workdir=workdir / "ref", args=args,
+                    )  # fmt: skip
                 print(f"  (round {round_ + 1}, {design} design measured)", flush=True)
         print_designs({d: median_rows(r) for d, r in rounds.items()}, args.rounds)
     print(
@@ -204,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{'hs p50':>8}{'hs p99':>8}{'bad':>7}  RSS per worker  met")  # fmt: skip
     for design, name, row in steady:
         print_steady(design, name, row)
+    alone = next(row for design, name, row in steady if design == "new" and name == "alone")
+    print_reference(alone, reference)
     others = [r["others_cores"] for rs in rounds.values() for rd in rs for r in rd.values()]
     print(
         f"\nCPU used by other processes on this host during the closed-loop phases: "

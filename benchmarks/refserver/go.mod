@@ -1,0 +1,3 @@
+module spotguard.dev/benchmarks/refserver
+
+go 1.22
