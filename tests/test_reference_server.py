@@ -17,9 +17,13 @@ from certs.pki import CertPaths, generate_pair
 from testsupport.reviews import plain_pod, review
 from testsupport.server import RunningServer
 
-pytestmark = pytest.mark.skipif(
-    not go_available(), reason="needs Go to build the reference server (benchmarks/refserver)"
-)
+pytestmark = [
+    pytest.mark.processes,
+    pytest.mark.toolchain,
+    pytest.mark.skipif(
+        not go_available(), reason="needs Go to build the reference server (benchmarks/refserver)"
+    ),
+]
 
 REQUESTS = 40
 BUDGET_US = 3000
