@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             designs["old"] = old_tree
         rounds: dict[str, list[dict[str, Row]]] = {design: [] for design in designs}
         steady: list[tuple[str, str, Row]] = []
+        baseline: Row | None = None  # the current design's steady phase alone
         reference: list[tuple[str, Row]] = []
         for round_ in range(args.rounds):
             for design, tree in designs.items():
@@ -242,13 +243,15 @@ def main(argv: list[str] | None = None) -> int:
                         for bad in (False, True):
                             row = steady_phase(loadgen, server, bodies["/validate"], args, bad)
                             steady.append((design, "bad clients" if bad else "alone", row))
+                            if design == "new" and not bad:
+                                baseline = row
                 finally:
                     server.stop()
-                if round_ == 0 and design == "new":
-                    alone = next(row for d, name, row in steady if d == "new" and name == "alone")
+                if baseline is not None and not reference:
                     reference = reference_phases(
                         loadgen, server.certs, bodies["/validate"],
-                        spotguard_cpu_us=alone["server_cpu_us"], workdir=workdir / "ref", args=args,
+                        spotguard_cpu_us=baseline["server_cpu_us"], workdir=workdir / "ref",
+                        args=args,
                     )  # fmt: skip
                 print(f"  (round {round_ + 1}, {design} design measured)", flush=True)
         print_designs({d: median_rows(r) for d, r in rounds.items()}, args.rounds)
@@ -263,8 +266,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{'hs p50':>8}{'hs p99':>8}{'bad':>7}  RSS per worker  met")  # fmt: skip
     for design, name, row in steady:
         print_steady(design, name, row)
-    alone = next(row for design, name, row in steady if design == "new" and name == "alone")
-    print_reference(alone, reference)
+    if baseline is not None:
+        print_reference(baseline, reference)
     others = [r["others_cores"] for rs in rounds.values() for rd in rs for r in rd.values()]
     print(
         f"\nCPU used by other processes on this host during the closed-loop phases: "

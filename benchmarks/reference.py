@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,12 +19,13 @@ from pathlib import Path
 from benchmarks.load import build_go_program
 from certs.pki import CertPaths
 from controlplane.loopback import HOST, free_port
+from controlplane.polling import wait_for
 from testsupport.server import REPO, RunningServer
 
 REFSERVER_DIR = REPO / "benchmarks" / "refserver"
 
 
-def _listening(port: int) -> bool:
+def _accepts(port: int) -> bool:
     try:
         with socket.create_connection((HOST, port), timeout=1):
             return True
@@ -56,13 +56,14 @@ def reference_server(
              "-cpu-us", str(round(cpu_us))],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
+    server = RunningServer(f"https://{HOST}:{port}", port, certs, process, log_file)
+
+    def alive() -> None:
+        if process.poll() is not None:
+            raise RuntimeError(f"refserver exited: {log_file.read_text()}")
+
     try:
-        deadline = time.monotonic() + 30
-        while not _listening(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"refserver did not start: {log_file.read_text()}")
-            time.sleep(0.05)
-        yield RunningServer(f"https://{HOST}:{port}", port, certs, process, log_file)
+        wait_for(lambda: _accepts(port), 30, "the reference server to listen", alive=alive)
+        yield server
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        server.stop()

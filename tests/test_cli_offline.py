@@ -255,7 +255,6 @@ def test_yaml_that_json_cannot_hold_is_one_line(
     assert (code, out) == (2, "")
     assert err.startswith(f"spotguard: {path}{problem}"), err
     assert err.count("\n") == 1
-    assert err.count("\n") == 1
 
 
 def test_a_few_aliases_and_unquoted_times_read_as_kubectl_does(

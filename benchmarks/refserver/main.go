@@ -100,9 +100,12 @@ func main() {
 		fmt.Fprintln(os.Stderr, "refserver: -cert and -key are required")
 		os.Exit(2)
 	}
-	runtime.LockOSThread() // the calibration reads this thread's clock
-	units := unitsFor(time.Duration(*workMicros) * time.Microsecond)
-	runtime.UnlockOSThread()
+	units := 0
+	if *workMicros > 0 {
+		runtime.LockOSThread() // the calibration reads this thread's clock
+		units = unitsFor(time.Duration(*workMicros) * time.Microsecond)
+		runtime.UnlockOSThread()
+	}
 	budget := time.Duration(*cpuMicros) * time.Microsecond
 	var sink atomic.Uint64
 	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
