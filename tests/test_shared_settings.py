@@ -4,7 +4,6 @@ loader's keys, the schema's ``rules`` block and the built-in modes come."""
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 from policies.loader import PolicyError, default_document, parse_policy_text
 from policies.model import Mode, Rule
 from policies.schema import POLICY_SCHEMA
+from testsupport.reviews import configmap_review
 from testsupport.server import start_server
 from webhook.app import WebhookSettings, create_app
 from webhook.cli import main
@@ -20,27 +20,6 @@ from webhook.policy_sources import DEFAULT_CONFIGMAP_KEY
 from webhook.policy_store import PolicyStore
 
 KEY = "spotguard.yaml"
-
-
-def configmap_review(data: dict[str, str]) -> dict[str, Any]:
-    configmap = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "spotguard-policy", "namespace": "spotguard-system"},
-        "data": data,
-    }
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": str(uuid.uuid4()),
-            "kind": {"group": "", "version": "v1", "kind": "ConfigMap"},
-            "namespace": "spotguard-system",
-            "operation": "UPDATE",
-            "object": configmap,
-            "oldObject": configmap,
-        },
-    }
 
 
 def answer(settings: WebhookSettings, data: dict[str, str]) -> dict[str, Any]:

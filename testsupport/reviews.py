@@ -62,3 +62,25 @@ def review(
             "dryRun": dry_run,
         },
     }
+
+
+def configmap_review(data: dict[str, str]) -> dict[str, Any]:
+    """An UPDATE of the policy ConfigMap with ``data``, as /validate-policy receives it."""
+    configmap = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "spotguard-policy", "namespace": "spotguard-system"},
+        "data": data,
+    }
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": str(uuid.uuid4()),
+            "kind": {"group": "", "version": "v1", "kind": "ConfigMap"},
+            "namespace": "spotguard-system",
+            "operation": "UPDATE",
+            "object": configmap,
+            "oldObject": configmap,
+        },
+    }

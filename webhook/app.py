@@ -3,6 +3,11 @@
 Every path out of a review route is a well-formed answer: malformed requests get HTTP 400
 with a message, and an unexpected error still returns an AdmissionReview that admits the
 pod unchanged (fail open, the same choice as the webhooks' ``failurePolicy: Ignore``).
+
+The review routes are plain functions of (Content-Type, body) (:class:`ReviewEndpoint`):
+Flask serves them like any route, and the event-loop worker calls them directly
+(:func:`direct_endpoints`), because Flask's own handling of a request (its contexts,
+routing, request and response objects) cost about as much CPU as the review itself.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from functools import partial
 import orjson
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.http import parse_options_header
 
 from policies.model import Policy
 from webhook.admission import Outcome, Result, Reviewer, validate_policy_configmap
@@ -65,18 +71,47 @@ class WebhookSettings:
     policy_key: str = DEFAULT_CONFIGMAP_KEY
 
 
-def _json(body: object, status: int = 200) -> tuple[Response, int]:
+def _encode(body: object) -> bytes:
     """Compact JSON without Flask's key sorting: responses carry large patches, and
     orjson encodes them in a fraction of the time ``json.dumps`` takes."""
     try:
-        data = orjson.dumps(body)
+        return orjson.dumps(body)
     except TypeError:  # something orjson refuses (a non-string key): json.dumps may not
-        data = json.dumps(body, separators=(",", ":")).encode()
-    return Response(data, mimetype="application/json"), status
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _json(body: object, status: int = 200) -> tuple[Response, int]:
+    return Response(_encode(body), mimetype="application/json"), status
 
 
 def _error(status: int, message: str) -> tuple[Response, int]:
     return _json({"error": message, "status": status}, status)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A review endpoint's answer: an HTTP status and a JSON body."""
+
+    status: int
+    body: bytes
+
+
+def _error_reply(status: int, message: str) -> Reply:
+    return Reply(status, _encode({"error": message, "status": status}))
+
+
+#: A review route without the framework: (the Content-Type header, the body) -> Reply.
+ReviewEndpoint = Callable[[str | None, bytes], Reply]
+
+#: The key under ``Flask.extensions`` of the review endpoints, by path (see module doc).
+DIRECT_ENDPOINTS = "spotguard.review-endpoints"
+
+
+def direct_endpoints(app: object) -> dict[bytes, ReviewEndpoint]:
+    """The POST routes a server may call without Flask, by path; {} for another app."""
+    extensions = getattr(app, "extensions", None)
+    found = extensions.get(DIRECT_ENDPOINTS) if isinstance(extensions, dict) else None
+    return dict(found) if isinstance(found, dict) else {}
 
 
 def create_app(settings: WebhookSettings) -> Flask:
@@ -86,48 +121,49 @@ def create_app(settings: WebhookSettings) -> Flask:
     policies, metrics = settings.policies, settings.metrics
     reviewer = Reviewer(settings.cluster)
 
-    def review_route(name: str, handler: Handler) -> Callable[[], tuple[Response, int]]:
-        def route() -> tuple[Response, int]:
+    def review_endpoint(name: str, handler: Handler) -> ReviewEndpoint:
+        def endpoint(content_type: str | None, body: bytes) -> Reply:
             started = time.perf_counter()
-            if request.mimetype != "application/json":
-                got = request.mimetype or "none"
-                return _error(400, f"Content-Type must be application/json, got {got!r}")
+            mimetype = parse_options_header(content_type or "")[0].lower()
+            if mimetype != "application/json":
+                got = mimetype or "none"
+                return _error_reply(400, f"Content-Type must be application/json, got {got!r}")
+            if len(body) > settings.max_body_bytes:
+                return _error_reply(400, body_limit_message(settings.max_body_bytes))
             try:
-                review = parse_review(request.get_data(cache=False))
+                review = parse_review(body)
             except BadReview as error:
-                return _error(400, f"malformed AdmissionReview: {error}")
+                return _error_reply(400, f"malformed AdmissionReview: {error}")
             policy = policies.snapshot().policy
             if policy is None:  # not ready: answer as the failurePolicy would
                 response = allow(
                     warnings=["spotguard has no policy loaded yet: pod admitted unchanged"]
                 )
-                return _json(response_body(review, review.api_version, response))
+                return Reply(200, _encode(response_body(review, review.api_version, response)))
             try:
                 response, outcome = handler(review, policy)
             except BadReview as error:  # what is reviewed is malformed, or not reviewed
-                return _error(400, f"malformed AdmissionReview: {error}")
+                return _error_reply(400, f"malformed AdmissionReview: {error}")
             except Exception:  # noqa: BLE001 - a bug: answered as failurePolicy Ignore would
                 response, outcome = _internal_error(name, review, policy, metrics)
             elapsed = time.perf_counter() - started
             _log_review(review, outcome, policy, elapsed)
             if metrics is not None:
                 _count(metrics, review, outcome, elapsed)
-            return _json(response_body(review, review.api_version, response))
+            return Reply(200, _encode(response_body(review, review.api_version, response)))
 
-        route.__name__ = f"review_{name}"
-        return route
+        return endpoint
 
-    app.add_url_rule("/mutate", view_func=review_route("mutate", reviewer.mutate), methods=["POST"])
-    app.add_url_rule(
-        "/validate", view_func=review_route("validate", reviewer.validate), methods=["POST"]
-    )
-    app.add_url_rule(
-        "/validate-policy",
-        view_func=review_route(
+    endpoints = {
+        "/mutate": review_endpoint("mutate", reviewer.mutate),
+        "/validate": review_endpoint("validate", reviewer.validate),
+        "/validate-policy": review_endpoint(
             "validate-policy", partial(validate_policy_configmap, key=settings.policy_key)
         ),
-        methods=["POST"],
-    )
+    }
+    for path, endpoint in endpoints.items():
+        app.add_url_rule(path, view_func=_flask_route(path, endpoint), methods=["POST"])
+    app.extensions[DIRECT_ENDPOINTS] = {path.encode(): ep for path, ep in endpoints.items()}
 
     @app.get("/healthz")
     def healthz() -> tuple[Response, int]:
@@ -176,6 +212,17 @@ def create_app(settings: WebhookSettings) -> Flask:
         return _error(500, "internal error")
 
     return app
+
+
+def _flask_route(path: str, endpoint: ReviewEndpoint) -> Callable[[], Response]:
+    """The endpoint as a Flask view (a body over the limit stops at ``get_data``)."""
+
+    def route() -> Response:
+        reply = endpoint(request.headers.get("Content-Type"), request.get_data(cache=False))
+        return Response(reply.body, status=reply.status, mimetype="application/json")
+
+    route.__name__ = "review" + path.replace("/", "_").replace("-", "_")
+    return route
 
 
 def _internal_error(

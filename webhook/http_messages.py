@@ -120,11 +120,20 @@ def serialize(
     return b"".join(lines)
 
 
+JSON_HEADERS = (("Content-Type", "application/json"),)
+
+
+def header_value(request: Request, name: bytes) -> str | None:
+    """One header's value (``name`` in lower case), repeated ones comma-separated as
+    :func:`wsgi_environ` joins them; None if the request has none."""
+    values = [value for key, value in request.headers if key.lower() == name]
+    return b",".join(values).decode("latin-1") if values else None
+
+
 def error_response(status: int, message: str, *, close: bool) -> bytes:
     """The JSON error body the application's own errors have: ``{"error", "status"}``."""
     body = orjson.dumps({"error": message, "status": status})
-    headers = [("Content-Type", "application/json")]
-    return serialize(f"{status} {REASONS.get(status, 'Error')}", headers, body, close=close)
+    return serialize(f"{status} {REASONS.get(status, 'Error')}", JSON_HEADERS, body, close=close)
 
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]

@@ -40,8 +40,19 @@ from typing import Any, Protocol
 
 from gunicorn.workers.base import Worker
 
+from webhook.app import ReviewEndpoint, direct_endpoints
 from webhook.connection import CLOSED, HANDSHAKE, Connection, Limits
-from webhook.http_messages import Request, WSGIApp, call_application, error_response, wsgi_environ
+from webhook.http_messages import (
+    JSON_HEADERS,
+    REASONS,
+    Request,
+    WSGIApp,
+    call_application,
+    error_response,
+    header_value,
+    serialize,
+    wsgi_environ,
+)
 from webhook.listeners import Listener
 from webhook.tls_after_fork import EXIT_TLS_WEDGED, PROBE_SECONDS, tls_works
 from webhook.worker_state import WorkerState
@@ -88,6 +99,7 @@ class EventLoopWorker(Worker):  # type: ignore[misc]
         self._stop_deadline = 0.0
         self._next_heartbeat = 0.0
         self._address: tuple[str, int] = ("", 0)
+        self._endpoints: dict[bytes, ReviewEndpoint] = {}
         self._state: WorkerState | None = None
         self._handshakes: deque[Connection] = deque()
         self._handshake_turn_scheduled = False
@@ -125,6 +137,7 @@ class EventLoopWorker(Worker):  # type: ignore[misc]
         (listener,) = self.sockets
         self._listener = listener
         self._address = listener.sock.getsockname()[:2]
+        self._endpoints = direct_endpoints(self.wsgi)
         self._state = WorkerState(self.serving.worker_state_dir, self.pid)
         self.notify()
         # Watch caches first (bounded): connections queue in the kernel meanwhile.
@@ -237,6 +250,10 @@ class EventLoopWorker(Worker):  # type: ignore[misc]
 
     def respond(self, request: Request, peer: tuple[str, int], close: bool) -> bytes:
         self.nr += 1
+        if request.method == b"POST":
+            endpoint = self._endpoints.get(request.target.partition(b"?")[0])
+            if endpoint is not None:  # a review: straight to its endpoint (webhook.app)
+                return self._call_endpoint(endpoint, request, close)
         environ = wsgi_environ(request, peer, self._address)
         app: WSGIApp = self.wsgi
         try:
@@ -244,6 +261,15 @@ class EventLoopWorker(Worker):  # type: ignore[misc]
         except Exception:
             self.log.exception("error serving %s %r", environ["REQUEST_METHOD"], request.target)
             return error_response(500, "internal error", close=close)
+
+    def _call_endpoint(self, endpoint: ReviewEndpoint, request: Request, close: bool) -> bytes:
+        try:
+            reply = endpoint(header_value(request, b"content-type"), request.body)
+        except Exception:
+            self.log.exception("error serving POST %r", request.target)
+            return error_response(500, "internal error", close=close)
+        status = f"{reply.status} {REASONS.get(reply.status, 'Error')}"
+        return serialize(status, JSON_HEADERS, reply.body, close=close)
 
     def became_idle(self, connection: Connection) -> None:
         self.idle.pop(connection, None)
