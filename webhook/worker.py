@@ -5,8 +5,10 @@ SIGHUP); this worker replaces its connection handling. Each connection is a
 non-blocking TLS socket on an asyncio loop (webhook.connection): the handshake and the
 reading of a request only advance when bytes arrive, so idle, slow or silent clients
 cost a file descriptor and a little memory each, never a review's turn. A review is
-pure CPU (its cluster facts come from watch caches), so the WSGI app is called on the
-loop itself once a request is complete, one at a time, as the GIL would allow anyway.
+pure CPU (its cluster facts come from watch caches), so it is computed on the loop
+itself once its request is complete, one at a time, as the GIL would allow anyway: a
+``POST`` to a review path goes straight to the app's review endpoint
+(:func:`webhook.app.direct_endpoints`), anything else through the WSGI app (Flask).
 
 Per worker, at most ``max_connections`` connections are open. When a new one arrives at
 the cap, the connection idle longest (waiting for a request, or for its TLS handshake)
