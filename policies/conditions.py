@@ -163,6 +163,31 @@ def mutating_conditions(relevance: Relevance) -> list[MatchCondition]:
     return conditions
 
 
+def mutating_object_selector(relevance: Relevance) -> dict[str, Any] | None:
+    """The mutating webhook's pods as a label selector, when that is all it needs: only
+    fault-tolerant pods are mutated (see relevance.keep_off_spot_is_moot), by one selector,
+    and no workload template. The API server matches an objectSelector on the labels it
+    already has, without the CEL evaluation a match condition costs it for every pod.
+    Pods that name a node are then sent too, and answered without a patch."""
+    if (
+        relevance.mutate_others != "none"
+        or not relevance.mutate_fault_tolerant
+        or relevance.mutate_templates
+        or len(relevance.fault_tolerant) != 1
+    ):
+        return None
+    (selector,) = relevance.fault_tolerant
+    rendered: dict[str, Any] = {}
+    if selector.match_labels:
+        rendered["matchLabels"] = dict(selector.match_labels)
+    if selector.match_expressions:
+        rendered["matchExpressions"] = [
+            {"key": key, "operator": operator, **({"values": list(values)} if values else {})}
+            for key, operator, values in selector.match_expressions
+        ]
+    return rendered
+
+
 def workload_conditions(relevance: Relevance) -> list[MatchCondition]:
     """The workloads webhook's conditions: one per kind (each true for the other kinds).
 

@@ -24,8 +24,9 @@ from policies.model import LabelSelector, Mode, Policy, Rule
 #: trusted to cover anything (it must be rendered again).
 FORMAT = 1
 
-#: Mutation of pods that are not fault-tolerant: never, only those that may tolerate a
-#: spot taint (every spot node is tainted), or all of them (some spot node is not).
+#: Mutation of pods that are not fault-tolerant: never (or only ones denied anyway), only
+#: those that may tolerate a spot taint (every spot node is tainted), or all of them (some
+#: spot node is not).
 MUTATE_OTHERS_ORDER = ("none", "tolerating", "all")
 
 #: Annotations under this prefix steer spotguard (checkpoint size, hook command, ...),
@@ -199,6 +200,25 @@ def keep_off_spot_mutates_every_pod(policy: Policy) -> bool:
     return not policy.every_spot_node_tainted
 
 
+def keep_off_spot_is_moot(policy: Policy) -> bool:
+    """Whether whatever the keep-off-spot rule would do to a pod, spot-requires-fault-
+    tolerance does at least as strongly, so the mutating webhook need not see pods that
+    are not fault-tolerant at all.
+
+    Where every spot node is tainted, a pod that is not fault-tolerant reaches spot only
+    by tolerating a blocking spot taint, and spot-requires-fault-tolerance judges exactly
+    such a toleration a violation: enforced, it denies the pod that keep-off-spot would
+    patch; audited, it reports the pod keep-off-spot would report. The validating webhook
+    judges the pod as the API server will store it, so it still sees every one.
+    """
+    check = policy.mode_of(Rule.SPOT_REQUIRES_FAULT_TOLERANCE)
+    return (
+        policy.every_spot_node_tainted
+        and check is not Mode.OFF
+        and check >= policy.mode_of(Rule.KEEP_OFF_SPOT)
+    )
+
+
 def _on(policy: Policy, *rules: Rule) -> bool:
     return any(policy.mode_of(rule) is not Mode.OFF for rule in rules)
 
@@ -226,7 +246,10 @@ def relevance_of(policy: Policy) -> Relevance:
         selectors.insert(0, policy.fault_tolerant)
     others = "none"
     if _on(policy, Rule.KEEP_OFF_SPOT):
-        others = "all" if keep_off_spot_mutates_every_pod(policy) else "tolerating"
+        if keep_off_spot_mutates_every_pod(policy):
+            others = "all"
+        elif not keep_off_spot_is_moot(policy):
+            others = "tolerating"
     return Relevance(
         exclude_namespaces=tuple(sorted(policy.exclude_namespaces)),
         include_namespaces=tuple(sorted(policy.include_namespaces)),

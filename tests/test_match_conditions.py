@@ -250,6 +250,32 @@ def validation_output(
     return (*verdict.violations, *verdict.validation_warnings)
 
 
+def mutation_skip_is_safe(
+    request: Request,
+    decision: Decision,
+    policy: Policy,
+    facts: ClusterFacts = FACTS,
+    validating: str = VALIDATING_WEBHOOK,
+) -> bool:
+    """A skipped mutation loses nothing when it would have answered nothing, or when the
+    validating webhook is called and judges the object, unpatched, at least as strongly:
+    it denies what the mutation would have patched, and reports (a violation of any mode)
+    what it would only have warned about (keep-off-spot under an enforced or audited
+    spot-requires-fault-tolerance: relevance.keep_off_spot_is_moot)."""
+    try:
+        mutation = review(request, policy, facts, Phase.MUTATE).mutation
+        validation = review(request, policy, facts, Phase.VALIDATE).validation
+    except Malformed:
+        return True  # answered 400, which failurePolicy Ignore treats as a skip
+    if not mutation_output(request, policy, facts):
+        return True
+    if not decision.called(validating) or validation is None:
+        return False
+    if mutation is not None and mutation.patched is not None:
+        return bool(validation.denials)
+    return bool(validation.violations)
+
+
 def mutated(request: Request, policy: Policy, facts: ClusterFacts = FACTS) -> JSONObject | None:
     """The object as spotguard's mutation leaves it, when it patches it."""
     try:
@@ -269,7 +295,9 @@ def test_skipped_pod_creates_need_nothing(proof: Proof, pods: list[dict[str, Any
         proof.count("pod creates")
         asked = judged(request, decision)
         if not decision.called(MUTATING_WEBHOOK):
-            assert not mutation_output(asked, proof.policy), f"mutation skipped: {asked}"
+            assert mutation_skip_is_safe(asked, decision, proof.policy), (
+                f"mutation skipped: {asked}"
+            )
         if not decision.called(VALIDATING_WEBHOOK):
             assert not validation_output(asked, proof.policy), f"validation skipped: {asked}"
         after = mutated(asked, proof.policy)
@@ -335,7 +363,10 @@ def test_skipped_workload_reviews_need_nothing(
         if not decision.called(WORKLOADS_WEBHOOK):
             assert not validation_output(asked, proof.policy), f"validation skipped: {asked}"
         if not decision.called(MUTATING_WEBHOOK):
-            assert not mutation_output(asked, proof.policy), f"mutation skipped: {asked}"
+            safe = mutation_skip_is_safe(
+                asked, decision, proof.policy, validating=WORKLOADS_WEBHOOK
+            )
+            assert safe, f"mutation skipped: {asked}"
     assert proof.checked["workloads"] >= len(workloads) * 0.9
 
 
@@ -453,6 +484,44 @@ def test_tainted_spot_only_ordinary_pods_cost_no_call() -> None:
         (False, True),  # selects spot: denied
         (True, True),  # tolerates every taint
     ]
+
+
+def test_tainted_spot_with_enforced_placement_mutates_fault_tolerant_pods_only() -> None:
+    """Every spot node tainted and spot-requires-fault-tolerance enforced (the AKS preset
+    as it ships): a pod that is not fault-tolerant is denied whenever keep-off-spot would
+    patch it, so the mutating webhook matches fault-tolerant pods by labels alone (an
+    objectSelector: no CEL for the API server to evaluate) and the validating webhook
+    still sees every pod that tolerates or selects spot."""
+    aks = relevance_of(parse_policy_text("spotNodes: {presets: [aks]}"))
+    assert aks.mutate_others == "none"
+    (mutating, _) = render_relevance(aks)
+    assert "matchConditions" not in mutating["webhooks"][0]
+    assert _calls(
+        aks,
+        admission_request(_pod(nodeSelector={"zone": "a"})),
+        admission_request(_pod(FAULT_TOLERANT)),
+        admission_request(_pod(tolerations=SPOT_TOLERATION)),
+        admission_request(_pod(nodeName="spot-1")),
+        admission_request(_pod(nodeSelector={"kubernetes.azure.com/scalesetpriority": "spot"})),
+        admission_request(_pod(tolerations=[{"operator": "Exists"}])),
+    ) == [
+        (False, False),  # ordinary: no call at all
+        (True, False),  # fault-tolerant: mutated, nothing to validate
+        (False, True),  # tolerates spot: denied (keep-off-spot would change nothing)
+        (False, True),  # names a node: checked against it
+        (False, True),  # selects spot: denied
+        (False, True),  # tolerates every taint: denied
+    ]
+
+    def others(rules: str) -> str:
+        policy = parse_policy_text(f"spotNodes: {{presets: [aks]}}\n{rules}")
+        return relevance_of(policy).mutate_others
+
+    # Keep-off-spot's patch matters once the check is weaker: audited, or off.
+    assert others("rules: {spotRequiresFaultTolerance: {mode: audit}}") == "tolerating"
+    assert others("rules: {spotRequiresFaultTolerance: {mode: off}}") == "tolerating"
+    # Both audited (a dry run): the check reports what keep-off-spot would report.
+    assert others("mode: audit") == "none"
 
 
 def test_untainted_spot_ordinary_pods_cost_one_call() -> None:

@@ -34,7 +34,13 @@ import pytest
 from policies.model import Policy
 from policies.review import Request, Requester
 from tests.strategies import Batch, batches, junk_batches
-from tests.test_match_conditions import harvest, judged, mutated, mutation_output, validation_output
+from tests.test_match_conditions import (
+    harvest,
+    judged,
+    mutated,
+    mutation_skip_is_safe,
+    validation_output,
+)
 from testsupport.webhook_match import Decision, Matcher, write_registrations
 from testsupport.webhook_match import request as admission_request
 from webhook.registration import (
@@ -180,7 +186,8 @@ def _check(
             )
         return "bindings"
     if not decision.called(MUTATING_WEBHOOK):
-        assert not mutation_output(asked, policy, facts), f"mutation skipped: {asked}"
+        safe = mutation_skip_is_safe(asked, decision, policy, facts, webhook)
+        assert safe, f"mutation skipped: {asked}"
     if not decision.called(webhook):
         assert not validation_output(asked, policy, facts), f"validation skipped: {asked}"
     return _kind(original)

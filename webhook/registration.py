@@ -22,6 +22,7 @@ from typing import Any
 
 from policies.conditions import (
     mutating_conditions,
+    mutating_object_selector,
     validating_conditions,
     webhook_rules_for,
     workload_conditions,
@@ -138,7 +139,11 @@ def render_relevance(
         "namespaceSelector": namespace_selector(relevance),
     }
     if conditions:
-        mutate["matchConditions"] = [c.to_api() for c in mutating_conditions(relevance)]
+        selector = mutating_object_selector(relevance)
+        if selector is not None:
+            mutate["objectSelector"] = selector
+        else:
+            mutate["matchConditions"] = [c.to_api() for c in mutating_conditions(relevance)]
         validate["matchConditions"] = [c.to_api() for c in validating_conditions(relevance)]
         workloads["matchConditions"] = [c.to_api() for c in workload_conditions(relevance)]
     policy_check = {

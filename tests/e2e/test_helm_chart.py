@@ -167,8 +167,19 @@ def _registrations(documents: list[Manifest]) -> tuple[Manifest, Manifest]:
         {"providers": ["eks", "aks"], "noticeWindowSeconds": 30, "mode": "audit"},
         {"providers": ["gke"], "webhook": {"excludeNamespaces": ["batch", "a-team"]}},
         {"providers": ["generic"], "rules": {"keepOffSpot": "off"}},
+        {"providers": ["aks"], "mode": "audit"},
+        {"providers": ["aks"], "rules": {"spotRequiresFaultTolerance": "audit"}},
+        {"providers": ["aks"], "rules": {"spotRequiresFaultTolerance": "off"}},
     ],
-    ids=["one provider", "providers without a rendering", "namespaces", "rules"],
+    ids=[
+        "one provider",
+        "providers without a rendering",
+        "namespaces",
+        "rules",
+        "a dry run",
+        "placement audited",
+        "placement off",
+    ],
 )
 def test_conditioned_registrations_cover_the_policy_they_ship_with(
     helm_bin: Path, values: dict[str, Any]
@@ -177,7 +188,7 @@ def test_conditioned_registrations_cover_the_policy_they_ship_with(
     and the server would find that they cover its policy."""
     documents = helm_template(helm_bin, values, namespace="ml-platform", release="guard")
     mutating, validating = _registrations(documents)
-    assert all("matchConditions" in w for w in mutating["webhooks"])
+    assert all("matchConditions" in w or "objectSelector" in w for w in mutating["webhooks"])
     policy = parse_policy_text(_policy(documents))
     assert coverage_problems(mutating, validating, policy) == []
     excluded = validating["webhooks"][0]["namespaceSelector"]["matchExpressions"][0]["values"]
