@@ -32,6 +32,7 @@ from policies import cel
 from policies.cel import Names, Walker, all_of, any_of, negate
 from policies.pod_cel import PodQuestions
 from policies.relevance import KindScope, Relevance, TemplateScope
+from policies.selectors import is_label_key, is_label_value
 from policies.template_cel import TemplatePod, TemplateQuestions, with_constants
 
 #: Placement fields a pod may change after creation (tolerations only grow; nodeSelector
@@ -168,7 +169,9 @@ def mutating_object_selector(relevance: Relevance) -> dict[str, Any] | None:
     fault-tolerant pods are mutated (see relevance.keep_off_spot_is_moot), by one selector,
     and no workload template. The API server matches an objectSelector on the labels it
     already has, without the CEL evaluation a match condition costs it for every pod.
-    Pods that name a node are then sent too, and answered without a patch."""
+    Pods that name a node are then sent too, and answered without a patch. A selector the
+    API server would refuse as an objectSelector (a key or value no label can have, which
+    the policy allows: it matches no pod) stays a match condition."""
     if (
         relevance.mutate_others != "none"
         or not relevance.mutate_fault_tolerant
@@ -177,6 +180,12 @@ def mutating_object_selector(relevance: Relevance) -> dict[str, Any] | None:
     ):
         return None
     (selector,) = relevance.fault_tolerant
+    keys = [k for k, _ in selector.match_labels] + [k for k, _, _ in selector.match_expressions]
+    values = [v for _, v in selector.match_labels] + [
+        v for _, _, vs in selector.match_expressions for v in vs
+    ]
+    if not (all(map(is_label_key, keys)) and all(map(is_label_value, values))):
+        return None
     rendered: dict[str, Any] = {}
     if selector.match_labels:
         rendered["matchLabels"] = dict(selector.match_labels)

@@ -226,6 +226,36 @@ def test_an_edited_or_unreadable_registration_is_not_trusted() -> None:
     ]
 
 
+def test_a_mutating_webhook_that_needs_only_labels_selects_pods_by_label() -> None:
+    """All spot tainted and the placement check enforced: the mutating webhook needs only
+    the fault-tolerant pods, an objectSelector (the server still notices an edit)."""
+    text = (
+        "spotNodes: {presets: [aks]}\nfaultTolerant: {matchExpressions: "
+        "[{key: team, operator: In, values: [ml]}, {key: app, operator: DoesNotExist}]}\n"
+    )
+    policy = parse_policy_text(text)
+    mutating, validating = render(policy)
+    (webhook,) = mutating["webhooks"]
+    assert "matchConditions" not in webhook
+    assert webhook["objectSelector"] == {
+        "matchExpressions": [
+            {"key": "app", "operator": "DoesNotExist"},
+            {"key": "team", "operator": "In", "values": ["ml"]},
+        ]
+    }
+    assert coverage_problems(mutating, validating, policy) == []
+    edited = copy.deepcopy(mutating)
+    edited["webhooks"][0]["objectSelector"]["matchExpressions"][1]["values"] = ["other"]
+    (problem,) = coverage_problems(edited, validating, policy)
+    assert "edited after it was rendered" in problem
+    # A key no label can have (the policy allows it; it matches no pod) stays a condition,
+    # as does every pod where spot is untainted.
+    odd = 'spotNodes: {presets: [aks]}\nfaultTolerant: {matchLabels: {"bad key!": x}}\n'
+    for other in (odd, "spotNodes: {presets: [eks]}\n"):
+        (webhook,) = render(parse_policy_text(other))[0]["webhooks"]
+        assert "objectSelector" not in webhook and webhook["matchConditions"]
+
+
 def test_an_unconditioned_registration_covers_when_its_rules_do() -> None:
     plain = _live(render(default_policy(), conditions=False))
     assert coverage_problems(*plain, default_policy()) == []

@@ -392,8 +392,9 @@ def stand_ins(cluster: ControlPlane) -> Iterator[ControlPlane]:
         merge_values(
             *COMPONENT_VALUES.values(), {"metrics": {"serviceMonitor": {"enabled": True}}}
         ),
+        {"providers": ["aks"]},  # the mutating webhook's objectSelector
     ],
-    ids=["defaults", "every option"],
+    ids=["defaults", "every option", "aks"],
 )
 def test_rendered_chart_passes_a_server_side_dry_run(
     stand_ins: ControlPlane, helm_bin: Path, options: dict[str, Any]
