@@ -120,9 +120,6 @@ def serialize(
     return b"".join(lines)
 
 
-JSON_HEADERS = (("Content-Type", "application/json"),)
-
-
 def header_value(request: Request, name: bytes) -> str | None:
     """One header's value (``name`` in lower case), repeated ones comma-separated as
     :func:`wsgi_environ` joins them; None if the request has none."""
@@ -130,10 +127,15 @@ def header_value(request: Request, name: bytes) -> str | None:
     return b",".join(values).decode("latin-1") if values else None
 
 
+def json_response(status: int, body: bytes, *, close: bool) -> bytes:
+    """A whole response carrying ``body``, already encoded JSON, with ``status``."""
+    headers = [("Content-Type", "application/json")]
+    return serialize(f"{status} {REASONS.get(status, 'Error')}", headers, body, close=close)
+
+
 def error_response(status: int, message: str, *, close: bool) -> bytes:
     """The JSON error body the application's own errors have: ``{"error", "status"}``."""
-    body = orjson.dumps({"error": message, "status": status})
-    return serialize(f"{status} {REASONS.get(status, 'Error')}", JSON_HEADERS, body, close=close)
+    return json_response(status, orjson.dumps({"error": message, "status": status}), close=close)
 
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]

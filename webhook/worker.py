@@ -45,14 +45,12 @@ from gunicorn.workers.base import Worker
 from webhook.app import ReviewEndpoint, direct_endpoints
 from webhook.connection import CLOSED, HANDSHAKE, Connection, Limits
 from webhook.http_messages import (
-    JSON_HEADERS,
-    REASONS,
     Request,
     WSGIApp,
     call_application,
     error_response,
     header_value,
-    serialize,
+    json_response,
     wsgi_environ,
 )
 from webhook.listeners import Listener
@@ -270,8 +268,7 @@ class EventLoopWorker(Worker):  # type: ignore[misc]
         except Exception:
             self.log.exception("error serving POST %r", request.target)
             return error_response(500, "internal error", close=close)
-        status = f"{reply.status} {REASONS.get(reply.status, 'Error')}"
-        return serialize(status, JSON_HEADERS, reply.body, close=close)
+        return json_response(reply.status, reply.body, close=close)
 
     def became_idle(self, connection: Connection) -> None:
         self.idle.pop(connection, None)
