@@ -45,6 +45,7 @@ from policies.review import (
     requester_from_user_info,
     review,
 )
+from policies.verdict import MutationVerdict
 from tests import relevance_strategies as gen
 from testsupport.webhook_match import Decision, Matcher, compile_errors, decide
 from testsupport.webhook_match import request as admission_request
@@ -229,10 +230,12 @@ def mutation_output(
     mode would change, warnings. A malformed request is answered 400, which failurePolicy
     Ignore treats as a skip."""
     try:
-        verdict = review(request, policy, facts, Phase.MUTATE)
+        return _answered(review(request, policy, facts, Phase.MUTATE).mutation)
     except Malformed:
         return ()
-    mutation = verdict.mutation
+
+
+def _answered(mutation: MutationVerdict | None) -> tuple[Any, ...]:
     if mutation is None:
         return ()
     patched = (mutation.patched,) if mutation.patched is not None else ()
@@ -264,11 +267,11 @@ def mutation_skip_is_safe(
     spot-requires-fault-tolerance: relevance.keep_off_spot_is_moot)."""
     try:
         mutation = review(request, policy, facts, Phase.MUTATE).mutation
+        if not _answered(mutation):
+            return True
         validation = review(request, policy, facts, Phase.VALIDATE).validation
     except Malformed:
         return True  # answered 400, which failurePolicy Ignore treats as a skip
-    if not mutation_output(request, policy, facts):
-        return True
     if not decision.called(validating) or validation is None:
         return False
     if mutation is not None and mutation.patched is not None:
@@ -461,22 +464,25 @@ def _calls(relevance: Relevance, *requests: dict[str, Any]) -> list[tuple[bool, 
     return [(d.called(MUTATING_WEBHOOK), d.called(VALIDATING_WEBHOOK)) for d in decisions]
 
 
+def _aks_sample() -> list[dict[str, Any]]:
+    """Pods that tell the AKS routings apart, in the order the tests expect them."""
+    return [
+        admission_request(_pod(nodeSelector={"zone": "a"})),
+        admission_request(_pod(FAULT_TOLERANT)),
+        admission_request(_pod(tolerations=SPOT_TOLERATION)),
+        admission_request(_pod(nodeName="spot-1")),
+        admission_request(_pod(nodeSelector={"kubernetes.azure.com/scalesetpriority": "spot"})),
+        admission_request(_pod(tolerations=[{"operator": "Exists"}])),
+    ]
+
+
 def test_tainted_spot_only_ordinary_pods_cost_no_call() -> None:
     """Every spot node tainted (AKS) and a keep-off-spot rule that only neutralises pods
     that can reach spot: an ordinary pod is sent to neither webhook."""
     aks = replace(
         relevance_of(parse_policy_text("spotNodes: {presets: [aks]}")), mutate_others="tolerating"
     )
-    ordinary = _pod(nodeSelector={"zone": "a"})
-    assert _calls(
-        aks,
-        admission_request(ordinary),
-        admission_request(_pod(FAULT_TOLERANT)),
-        admission_request(_pod(tolerations=SPOT_TOLERATION)),
-        admission_request(_pod(nodeName="spot-1")),
-        admission_request(_pod(nodeSelector={"kubernetes.azure.com/scalesetpriority": "spot"})),
-        admission_request(_pod(tolerations=[{"operator": "Exists"}])),
-    ) == [
+    assert _calls(aks, *_aks_sample()) == [
         (False, False),  # ordinary: no call at all
         (True, False),  # fault-tolerant: mutated, nothing to validate
         (True, True),  # tolerates spot: neutralised and denied
@@ -496,15 +502,7 @@ def test_tainted_spot_with_enforced_placement_mutates_fault_tolerant_pods_only()
     assert aks.mutate_others == "none"
     (mutating, _) = render_relevance(aks)
     assert "matchConditions" not in mutating["webhooks"][0]
-    assert _calls(
-        aks,
-        admission_request(_pod(nodeSelector={"zone": "a"})),
-        admission_request(_pod(FAULT_TOLERANT)),
-        admission_request(_pod(tolerations=SPOT_TOLERATION)),
-        admission_request(_pod(nodeName="spot-1")),
-        admission_request(_pod(nodeSelector={"kubernetes.azure.com/scalesetpriority": "spot"})),
-        admission_request(_pod(tolerations=[{"operator": "Exists"}])),
-    ) == [
+    assert _calls(aks, *_aks_sample()) == [
         (False, False),  # ordinary: no call at all
         (True, False),  # fault-tolerant: mutated, nothing to validate
         (False, True),  # tolerates spot: denied (keep-off-spot would change nothing)
