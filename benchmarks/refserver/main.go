@@ -9,8 +9,9 @@
 // same load: where its p99 is as high as spotguard's, the tail belongs to the machine
 // (cores shared with the load generator, a hypervisor's stalls), not to the server's
 // design; where the fixed work's tail is high and the clock-bounded one's is not, the
-// machine ran the same work much slower at times. Go's net/http serves each connection on its own goroutine over every core, so
-// no event loop or global lock of spotguard's stack is in the reference.
+// machine ran the same work much slower at times. Go's net/http serves each connection on
+// its own goroutine over every core, so no event loop or global lock of spotguard's stack
+// is in the reference.
 //
 // Usage: refserver -addr 127.0.0.1:PORT -cert CERT -key KEY [-work-us N | -cpu-us N]
 package main
