@@ -23,7 +23,7 @@ CPU per create moves by 10-30 % from phase to phase on a small shared host (the 
 server's CPU per second swings by a quarter at a steady create rate, and its garbage
 collector runs every second or two), so the targets are printed with the range of the
 paired ratios over the rounds, and with the allocation ratio beside them: bytes allocated
-per create are the API server's work counted without the host's noise (within 2-3 % from
+per create are the API server's work counted without the host's noise (a few percent from
 phase to phase), and its garbage collector's CPU follows them.
 
 A last section measures patch size: labelled pods with one and four containers, with the
