@@ -127,10 +127,12 @@ def header_value(request: Request, name: bytes) -> str | None:
     return b",".join(values).decode("latin-1") if values else None
 
 
+JSON_HEADERS = (("Content-Type", "application/json"),)
+
+
 def json_response(status: int, body: bytes, *, close: bool) -> bytes:
     """A whole response carrying ``body``, already encoded JSON, with ``status``."""
-    headers = [("Content-Type", "application/json")]
-    return serialize(f"{status} {REASONS.get(status, 'Error')}", headers, body, close=close)
+    return serialize(f"{status} {REASONS.get(status, 'Error')}", JSON_HEADERS, body, close=close)
 
 
 def error_response(status: int, message: str, *, close: bool) -> bytes:
