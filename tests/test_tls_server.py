@@ -64,6 +64,29 @@ def test_connection_is_kept_alive_across_reviews(tls_server: RunningServer) -> N
         connection.close()
 
 
+@pytest.mark.parametrize(
+    "version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["TLSv1.2", "TLSv1.3"]
+)
+def test_no_session_tickets_are_issued(tls_server: RunningServer, version: ssl.TLSVersion) -> None:
+    """The API server never resumes a session (webhook.tls), so minting tickets would
+    only cost CPU per handshake. A TLS 1.3 ticket arrives after the handshake: the
+    client reads an answer first, by which time any ticket has been received."""
+    context = ssl.create_default_context(cafile=str(tls_server.ca_file))
+    context.minimum_version = context.maximum_version = version
+    port = int(tls_server.url.rsplit(":", 1)[1])
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
+    try:
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().read()
+        assert isinstance(connection.sock, ssl.SSLSocket)
+        assert connection.sock.version() == version.name.replace("_", ".")
+        session = connection.sock.session
+        assert session is not None
+        assert not session.has_ticket
+    finally:
+        connection.close()
+
+
 def test_an_untrusted_client_cannot_verify_the_server(tls_server: RunningServer) -> None:
     session = requests.Session()
     session.trust_env = False

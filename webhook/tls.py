@@ -4,6 +4,12 @@ The worker asks for an SSLContext for every new connection. Building one means r
 and parsing the key pair, so it is cached here and rebuilt only when ``tls.crt`` or
 ``tls.key`` changes on disk (a mounted Secret swaps both at once): a rotated certificate
 is served to the next connection, with no restart. TLS below 1.2 is refused.
+
+No session tickets are issued. The API server's webhook client keeps no TLS session
+cache (client-go sets no ``ClientSessionCache``), so it never resumes a session; by
+default OpenSSL would still mint and send two TLS 1.3 tickets after every handshake, a
+quarter of the handshake's CPU time on the event loop (about 600 against 750-880 us
+measured per handshake here).
 """
 
 from __future__ import annotations
@@ -73,6 +79,8 @@ class ReloadingContext:
     def _build(self) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.options |= ssl.OP_NO_TICKET  # TLS 1.2: no tickets (see the module doc)
+        context.num_tickets = 0  # TLS 1.3: none sent after the handshake
         context.load_cert_chain(certfile=str(self._cert), keyfile=str(self._key))
         if self._on_load is not None:
             certificate = x509.load_pem_x509_certificate(self._cert.read_bytes())
