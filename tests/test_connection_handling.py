@@ -257,6 +257,49 @@ def test_malformed_http_gets_a_400(server: RunningServer) -> None:
     assert b"malformed HTTP request" in answer
 
 
+def test_pipelined_requests_arriving_together_are_all_answered_in_order(
+    server: RunningServer,
+) -> None:
+    """A short TLS record followed at once by a multi-record request and a third one, in
+    one TCP write: the worker stops reading after a short record (webhook.connection), so
+    the records still in the socket must be read when epoll reports them, not stranded."""
+    big_pod = plain_pod("big")
+    big_pod["metadata"]["annotations"] = {"example.com/padding": "x" * 50_000}
+    bodies = [json.dumps(review(plain_pod(f"small-{n}"))).encode() for n in range(2)]
+    bodies.insert(1, json.dumps(review(big_pod)).encode())
+    requests = [
+        b"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+        for body in bodies
+    ]
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = tls_context(server).wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                incoming.write(sock.recv(65536))
+        for request in requests:
+            tls.write(request)  # one record for the first, several for the second
+        sock.sendall(outgoing.read())
+        answers = b""
+        while answers.count(b"HTTP/1.1 200 ") < 3 or not answers.endswith(b"}}"):
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed after {answers!r}"
+            incoming.write(chunk)
+            with contextlib.suppress(ssl.SSLWantReadError):
+                while data := tls.read(65536):
+                    answers += data
+    uids = [json.loads(body)["request"]["uid"] for body in bodies]
+    answered = [part.split(b'"uid":"')[1].split(b'"')[0].decode() for part in
+                answers.split(b"HTTP/1.1 200 ")[1:]]  # fmt: skip
+    assert answered == uids
+
+
 def test_at_the_connection_cap_the_longest_idle_connection_is_closed(tmp_path: Path) -> None:
     server = start_server(tmp_path, "--max-connections", "6", workers=1)
     try:

@@ -36,6 +36,12 @@ from webhook.http_messages import Request, error_response
 
 #: Bytes read from a connection per turn of the loop before the others get their turn.
 READ_CHUNK = 64 * 1024
+#: The most plaintext one TLS record carries. A read returns one record at most, and a
+#: shorter one with nothing left inside TLS usually ends the client's write: the loop
+#: then waits for epoll (level-triggered, so bytes already in the socket are reported
+#: at once) instead of asking the socket again, which would cost a system call and an
+#: SSLWantReadError per request.
+TLS_RECORD_BYTES = 16 * 1024
 READ_BUDGET = 256 * 1024
 #: A request line plus headers larger than this is refused (431), as gunicorn and Go do.
 MAX_HEADER_BYTES = 64 * 1024
@@ -169,6 +175,8 @@ class Connection:
                 return
             self.last_active = time.monotonic()
             self._feed(data)
+            if len(data) < TLS_RECORD_BYTES and not self.tls.pending():
+                return  # what the client sent so far ends here; epoll reports the rest
             budget -= len(data)
             if budget <= 0:  # let the other connections have a turn; bytes may be buffered
                 self.owner.call_soon(self._read)  # inside TLS, where epoll cannot see them

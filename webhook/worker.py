@@ -64,7 +64,7 @@ STOP_GRACE_SECONDS = 2.0
 #: client that just used it may be sending the next request, answered with a close.
 STOP_QUIET_SECONDS = 1.0
 ACCEPT_BATCH = 64
-HANDSHAKES_PER_TURN = 2
+HANDSHAKES_PER_TURN = 1
 HANDSHAKE_LIFO_AFTER = 32
 
 
@@ -222,9 +222,11 @@ class EventLoopWorker(Worker):  # type: ignore[misc]
 
     def queue_handshake(self, connection: Connection) -> None:
         """TLS handshakes run ``HANDSHAKES_PER_TURN`` per turn of the loop: each costs
-        most of a millisecond of CPU, so a burst of new connections delays the requests
-        of established ones by a few milliseconds, not by the whole burst. A queued
-        connection is not watched meanwhile, so waiting costs nothing per turn.
+        most of a millisecond of CPU (several when the cores are contended), so a request
+        on an established connection waits behind one handshake at most, never behind a
+        burst of new connections. A turn with handshakes waiting polls for I/O without
+        sleeping, so a queue still drains at once on an idle worker. A queued connection
+        is not watched meanwhile, so waiting costs nothing per turn.
 
         Oldest first, unless more than ``HANDSHAKE_LIFO_AFTER`` wait: then newest first
         (adaptive LIFO). In a flood, the oldest are the likeliest to reach their deadline
