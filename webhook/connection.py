@@ -38,9 +38,11 @@ from webhook.http_messages import Request, error_response
 READ_CHUNK = 64 * 1024
 #: The most plaintext one TLS record carries. A read returns one record at most, and a
 #: shorter one with nothing left inside TLS usually ends the client's write: the loop
-#: then waits for epoll (level-triggered, so bytes already in the socket are reported
-#: at once) instead of asking the socket again, which would cost a system call and an
-#: SSLWantReadError per request.
+#: then turns to the other connections and epoll (level-triggered, so bytes already in
+#: the socket are reported at once) brings it back. Reading on would cost a system call
+#: and an SSLWantReadError per request, and would serve a client whose next request has
+#: just arrived ahead of every other connection: with 16 clients in a closed loop, the
+#: p99 was about three times higher that way (and the p50 lower).
 TLS_RECORD_BYTES = 16 * 1024
 READ_BUDGET = 256 * 1024
 #: A request line plus headers larger than this is refused (431), as gunicorn and Go do.
