@@ -3,7 +3,8 @@ event-loop worker against the gthread design it replaced, with and without bad c
 
 Run: ``python -m benchmarks.bench_webhook`` (``make bench``). It prints:
 
-1. CPU time per review of the pure policy path (baseline: decoding the review).
+1. CPU time per review of the pure policy path (baseline: decoding the review), and the
+   server's CPU time per TLS handshake as served (baseline: OpenSSL's default tickets).
 2. Closed-loop reviews/s and p50/p99 for /healthz, /mutate and /validate with concurrent
    keep-alive clients, then p50/p99 at a fixed offered rate (1,000/s), for the current
    design and the old one (OLD_DESIGN_REF, run from its own tree), alternating rounds,
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.designs import OLD_DESIGN_REF, source_tree
+from benchmarks.handshake import handshake_figures
 from benchmarks.load import build_loadgen
 from benchmarks.measure import host_steal_percent, policy_path_figures, rss_mib, run_load
 from benchmarks.reference import build_refserver, reference_server
@@ -60,6 +62,16 @@ def print_pure_path(seconds: float) -> None:
             f"  decode + {name:<8} (+ patch)      {us:8.1f} us  = "
             f"{us / pure['decode_us']:4.1f}x baseline  -> {1e6 / us:,.0f} reviews/s per core"
         )
+
+
+def print_handshakes() -> None:
+    with tempfile.TemporaryDirectory(prefix="spotguard-bench-") as tmp:
+        figures = handshake_figures(Path(tmp))
+    tickets, served = figures["tickets_us"], figures["served_us"]
+    print("\nTLS handshake, the server's CPU time per new connection (median of 3 rounds):")
+    print(f"  OpenSSL's default, 2 session tickets (baseline) {tickets:8.0f} us")
+    print(f"  as served, no tickets                           {served:8.0f} us  = "
+          f"{served / tickets:4.2f}x baseline")  # fmt: skip
 
 
 def workers_of(server: RunningServer) -> Callable[[], dict[int, int]]:
@@ -219,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     loadgen = build_loadgen()
     print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}", flush=True)
     print_pure_path(min(args.duration, 3.0))
+    print_handshakes()
     with (
         tempfile.TemporaryDirectory(prefix="spotguard-bench-") as tmp,
         source_tree(args.old_ref) as old_tree,
