@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -57,16 +58,27 @@ def _connect(port: int, ca_file: Path, count: int, failed: list[Exception]) -> N
         failed.append(error)
 
 
-def handshake_figures(workdir: Path, count: int = 300) -> dict[str, float]:
-    """Server CPU per handshake as served and with OpenSSL's default tickets, alternated
-    in rounds so both see the same machine."""
+def handshake_figures(workdir: Path, count: int = 200, rounds: int = 5) -> dict[str, float]:
+    """Server CPU per handshake as served and with OpenSSL's default tickets: the median
+    of each over ``rounds`` rounds, and the median of the rounds' ratios (served over
+    tickets). Each round measures both, in alternating order, so a ratio compares two
+    phases a few hundred milliseconds apart on the same machine."""
     paths = generate_pair(workdir / "handshake-certs", ["localhost"], ["127.0.0.1"])
-    served = ReloadingContext(paths.cert, paths.key).context()
-    with_tickets = ReloadingContext(paths.cert, paths.key).context()
-    with_tickets.options &= ~ssl.OP_NO_TICKET
-    with_tickets.num_tickets = 2  # OpenSSL's default
-    rounds: dict[str, list[float]] = {"served_us": [], "tickets_us": []}
-    for _ in range(3):
-        rounds["tickets_us"].append(server_cpu_per_handshake_us(with_tickets, paths.ca_cert, count))
-        rounds["served_us"].append(server_cpu_per_handshake_us(served, paths.ca_cert, count))
-    return {name: sorted(values)[1] for name, values in rounds.items()}  # the median
+    contexts = {
+        "served": ReloadingContext(paths.cert, paths.key).context(),
+        "tickets": ReloadingContext(paths.cert, paths.key).context(),
+    }
+    contexts["tickets"].options &= ~ssl.OP_NO_TICKET
+    contexts["tickets"].num_tickets = 2  # OpenSSL's default
+    measured: dict[str, list[float]] = {"served": [], "tickets": []}
+    for round_ in range(rounds):
+        for name in ("served", "tickets") if round_ % 2 else ("tickets", "served"):
+            measured[name].append(server_cpu_per_handshake_us(contexts[name], paths.ca_cert, count))
+    ratios = [s / t for s, t in zip(measured["served"], measured["tickets"], strict=True)]
+    return {
+        "served_us": statistics.median(measured["served"]),
+        "tickets_us": statistics.median(measured["tickets"]),
+        "ratio": statistics.median(ratios),
+        "ratio_low": min(ratios),
+        "ratio_high": max(ratios),
+    }
