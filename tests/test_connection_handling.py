@@ -1,7 +1,7 @@
 """Clients that could starve the server, against the real one (gunicorn, TLS, 2 workers).
 
 Timing thresholds are generous (a loaded 2-core CI machine); the speed targets live in
-the benchmark (benchmarks/bench_webhook.py --bad-clients). What is tested is that reviews
+the benchmark (the steady phases of benchmarks/bench_webhook.py). What is tested is that reviews
 keep being answered while many idle, slow and silent connections are open, and that
 each of those is cut at its own deadline with the answer a client can read.
 """

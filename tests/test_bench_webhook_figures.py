@@ -1,0 +1,52 @@
+"""bench-webhook's reading of the steady phases: which rounds meet the targets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from benchmarks.bench_webhook import print_steady_summary, steady_target_met
+
+
+def phase(p99_ms: float, *, errors: int = 0, fresh_errors: int = 0, hs_p99_ms: float = 30.0) -> Any:
+    return {
+        "p99_ms": p99_ms,
+        "server_cpu_us": 700.0,
+        "errors": errors,
+        "non200": 0,
+        "wrong": 0,
+        "fresh": {"errors": fresh_errors, "non200": 0},
+        "handshakes": {"p99_ms": hs_p99_ms},
+    }
+
+
+@pytest.mark.parametrize(
+    ("row", "met"),
+    [
+        (phase(19.9), True),
+        (phase(20.0), False),  # under 20 ms is the target
+        (phase(12.0, errors=1), False),
+        (phase(12.0, fresh_errors=1), False),  # a new connection's request failed
+        (phase(12.0, hs_p99_ms=100.0), False),
+    ],
+)
+def test_a_round_meets_the_targets_only_when_all_hold(row: Any, met: bool) -> None:
+    assert steady_target_met(row) is met
+
+
+def test_the_summary_counts_rounds_per_design_and_phase(capsys: pytest.CaptureFixture[str]) -> None:
+    steady = [
+        ("new", "alone #1", phase(12.0)),
+        ("new", "bad clients #1", phase(25.0)),
+        ("new", "alone #2", phase(14.0)),
+        ("new", "bad clients #2", phase(18.0)),
+        ("old", "alone #1", phase(30.0)),
+        ("old", "bad clients #1", phase(40.0, errors=3)),
+    ]
+    print_steady_summary(steady)
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert [line.split()[0] for line in lines] == ["new", "new", "old", "old"]
+    assert "p99  13.0 ms (12.0, 14.0)" in lines[0] and lines[0].endswith("met in 2 of 2")
+    assert "p99  21.5 ms (25.0, 18.0)" in lines[1] and lines[1].endswith("met in 1 of 2")
+    assert lines[3].endswith("met in 0 of 1")
