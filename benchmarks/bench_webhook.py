@@ -69,11 +69,16 @@ def print_pure_path(seconds: float) -> None:
 def print_handshakes() -> None:
     with tempfile.TemporaryDirectory(prefix="spotguard-bench-") as tmp:
         figures = handshake_figures(Path(tmp))
-    print("\nTLS handshake, the server's CPU time per new connection (median of 5 rounds):")
-    print(f"  OpenSSL's default, 2 session tickets (baseline) {figures['tickets_us']:8.0f} us")
-    print(f"  as served, no tickets                           {figures['served_us']:8.0f} us  = "
-          f"{figures['ratio']:4.2f}x baseline (rounds {figures['ratio_low']:.2f}-"
-          f"{figures['ratio_high']:.2f})")  # fmt: skip
+    rounds = ", ".join(f"{tickets:.0f} -> {served:.0f}" for tickets, served in figures.rounds)
+    print(
+        "\nTLS handshake, the server's CPU time per new connection, as served (no session "
+        "tickets)\nagainst OpenSSL's default of 2 tickets (the baseline), in paired rounds:"
+    )
+    low, high = figures.ratio_low, figures.ratio_high
+    print(
+        f"  {figures.ratio:4.2f}x the baseline (median of the rounds' ratios, {low:.2f}-{high:.2f})"
+    )
+    print(f"  per round, baseline -> as served: {rounds} us")
 
 
 def workers_of(server: RunningServer) -> Callable[[], dict[int, int]]:

@@ -14,6 +14,7 @@ import ssl
 import statistics
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from certs.pki import generate_pair
@@ -58,11 +59,22 @@ def _connect(port: int, ca_file: Path, count: int, failed: list[Exception]) -> N
         failed.append(error)
 
 
-def handshake_figures(workdir: Path, count: int = 200, rounds: int = 5) -> dict[str, float]:
-    """Server CPU per handshake as served and with OpenSSL's default tickets: the median
-    of each over ``rounds`` rounds, and the median of the rounds' ratios (served over
-    tickets). Each round measures both, in alternating order, so a ratio compares two
-    phases a few hundred milliseconds apart on the same machine."""
+@dataclass(frozen=True)
+class HandshakeFigures:
+    """Per round (OpenSSL's default tickets, as served) in microseconds, and the ratio
+    served/default: its median over the rounds and its range."""
+
+    rounds: list[tuple[float, float]]
+    ratio: float
+    ratio_low: float
+    ratio_high: float
+
+
+def handshake_figures(workdir: Path, count: int = 500, rounds: int = 7) -> HandshakeFigures:
+    """Server CPU per handshake with OpenSSL's default tickets and as served, both in each
+    round, in alternating order: a round's ratio compares two phases a few hundred
+    milliseconds apart on the same machine, where separate medians of the two would mix
+    rounds measured in different moments of a shared machine."""
     paths = generate_pair(workdir / "handshake-certs", ["localhost"], ["127.0.0.1"])
     contexts = {
         "served": ReloadingContext(paths.cert, paths.key).context(),
@@ -74,11 +86,6 @@ def handshake_figures(workdir: Path, count: int = 200, rounds: int = 5) -> dict[
     for round_ in range(rounds):
         for name in ("served", "tickets") if round_ % 2 else ("tickets", "served"):
             measured[name].append(server_cpu_per_handshake_us(contexts[name], paths.ca_cert, count))
-    ratios = [s / t for s, t in zip(measured["served"], measured["tickets"], strict=True)]
-    return {
-        "served_us": statistics.median(measured["served"]),
-        "tickets_us": statistics.median(measured["tickets"]),
-        "ratio": statistics.median(ratios),
-        "ratio_low": min(ratios),
-        "ratio_high": max(ratios),
-    }
+    pairs = list(zip(measured["tickets"], measured["served"], strict=True))
+    ratios = [served / tickets for tickets, served in pairs]
+    return HandshakeFigures(pairs, statistics.median(ratios), min(ratios), max(ratios))
