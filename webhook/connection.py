@@ -42,7 +42,7 @@ READ_CHUNK = 64 * 1024
 #: the socket are reported at once) brings it back. Reading on would cost a system call
 #: and an SSLWantReadError per request, and would serve a client whose next request has
 #: just arrived ahead of every other connection: with 16 clients in a closed loop, the
-#: p99 was about three times higher that way (and the p50 lower).
+#: p99 was 2.4-5 times higher that way (and the p50 lower).
 TLS_RECORD_BYTES = 16 * 1024
 READ_BUDGET = 256 * 1024
 #: A request line plus headers larger than this is refused (431), as gunicorn and Go do.
