@@ -9,7 +9,7 @@ No session tickets are issued. The API server's webhook client keeps no TLS sess
 cache (client-go sets no ``ClientSessionCache``), so it never resumes a session; by
 default OpenSSL would still mint and send two TLS 1.3 tickets after every handshake, on
 the event loop, for nothing: without them a handshake takes 0.76-0.91x the server's CPU
-time (the median of bench-webhook's paired rounds, in six runs).
+time (the median of bench-webhook's paired rounds, in five runs).
 """
 
 from __future__ import annotations
