@@ -51,7 +51,11 @@ from testsupport.server import REPO, RunningServer, start_server
 BAD_CLIENTS = {"idle": 1000, "trickle": 200, "notls": 100}
 STEADY = {"rate": 500, "c": 16, "fresh": 5}
 P99_TARGET_MS, HANDSHAKE_TARGET_MS = 20.0, 100.0
+#: The steady phases, in the order they run: without the bad clients, then with them.
+PHASES = ("alone", "bad clients")
 Row = dict[str, Any]
+#: One steady phase measured: (design, phase, round counted from 1, figures).
+SteadyRun = tuple[str, str, int, Row]
 
 
 def print_pure_path(seconds: float) -> None:
@@ -199,7 +203,7 @@ def print_reference(spotguard: Row, rows: list[tuple[str, Row]]) -> None:
     )
     print(f"  {'':<16}{'CPU/req us':>11}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}{'fails':>6}")
     for name, row in rows:
-        failures = row["errors"] + row["non200"] + row["wrong"]
+        failures = steady_failures(row)
         print(f"  {name:<16}{row['server_cpu_us']:>11,.0f}{row['p50_ms']:>8.2f}"
               f"{row['p99_ms']:>8.2f}{row['max_ms']:>8.1f}{failures:>6}")  # fmt: skip
 
@@ -214,14 +218,14 @@ def steady_target_met(row: Row) -> bool:
                 and row["handshakes"]["p99_ms"] < HANDSHAKE_TARGET_MS)  # fmt: skip
 
 
-def print_steady_summary(steady: list[tuple[str, str, Row]]) -> None:
+def print_steady_summary(steady: list[SteadyRun]) -> None:
     """Per design and phase, over the rounds: the median p99 and CPU per review, and how
     many rounds met every target."""
     print("  over the rounds: median p99 (each round's), median server CPU per review, "
           "rounds meeting the targets")  # fmt: skip
-    for design in dict.fromkeys(d for d, _, _ in steady):
-        for phase in ("alone", "bad clients"):
-            rows = [r for d, n, r in steady if d == design and n.startswith(phase)]
+    for design in dict.fromkeys(d for d, _, _, _ in steady):
+        for phase in PHASES:
+            rows = [r for d, p, _, r in steady if d == design and p == phase]
             p99 = statistics.median(r["p99_ms"] for r in rows)
             each = ", ".join(f"{r['p99_ms']:.1f}" for r in rows)
             cpu = statistics.median(r["server_cpu_us"] for r in rows)
@@ -243,7 +247,7 @@ def print_steady(design: str, name: str, row: Row) -> None:
         print(f"      e.g. {row['error_samples'][:2]}")
 
 
-def print_steady_section(steady: list[tuple[str, str, Row]], args: argparse.Namespace) -> None:
+def print_steady_section(steady: list[SteadyRun], args: argparse.Namespace) -> None:
     print(
         f"\nsteady {STEADY['rate']} reviews/s on {STEADY['c']} kept-alive connections + "
         f"{STEADY['fresh']} new connections/s, {args.bad_duration:.0f} s, alone and with "
@@ -253,8 +257,8 @@ def print_steady_section(steady: list[tuple[str, str, Row]], args: argparse.Name
     )
     print(f"  {'':<21}{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}{'fails':>6}"
           f"{'hs p50':>8}{'hs p99':>8}{'bad':>7}  RSS per worker  met")  # fmt: skip
-    for design, name, row in steady:
-        print_steady(design, name, row)
+    for design, phase, round_, row in steady:
+        print_steady(design, f"{phase} #{round_}", row)
     if args.steady_rounds > 1:
         print_steady_summary(steady)
 
@@ -300,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         if old_tree is not None and not args.no_old:
             designs["old"] = old_tree
         rounds: dict[str, list[dict[str, Row]]] = {design: [] for design in designs}
-        steady: list[tuple[str, str, Row]] = []
+        steady: list[SteadyRun] = []
         baseline: Row | None = None  # the current design's steady phase alone
         reference: list[tuple[str, Row]] = []
         for round_ in range(max(args.rounds, args.steady_rounds)):
@@ -312,8 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                     if round_ < args.steady_rounds:
                         for bad in (False, True):
                             row = steady_phase(loadgen, server, bodies["/validate"], args, bad)
-                            name = "bad clients" if bad else "alone"
-                            steady.append((design, f"{name} #{round_ + 1}", row))
+                            steady.append((design, PHASES[bad], round_ + 1, row))
                             if design == "new" and not bad and baseline is None:
                                 baseline = row
                 finally:

@@ -37,12 +37,12 @@ def test_a_round_meets_the_targets_only_when_all_hold(row: Any, met: bool) -> No
 
 def test_the_summary_counts_rounds_per_design_and_phase(capsys: pytest.CaptureFixture[str]) -> None:
     steady = [
-        ("new", "alone #1", phase(12.0)),
-        ("new", "bad clients #1", phase(25.0)),
-        ("new", "alone #2", phase(14.0)),
-        ("new", "bad clients #2", phase(18.0)),
-        ("old", "alone #1", phase(30.0)),
-        ("old", "bad clients #1", phase(40.0, errors=3)),
+        ("new", "alone", 1, phase(12.0)),
+        ("new", "bad clients", 1, phase(25.0)),
+        ("new", "alone", 2, phase(14.0)),
+        ("new", "bad clients", 2, phase(18.0)),
+        ("old", "alone", 1, phase(30.0)),
+        ("old", "bad clients", 1, phase(40.0, errors=3)),
     ]
     print_steady_summary(steady)
     lines = capsys.readouterr().out.splitlines()[1:]
