@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import ssl
 import subprocess
 import sys
@@ -73,22 +74,30 @@ def test_the_exit_code_makes_gunicorn_fork_another_worker_not_stop() -> None:
     assert EXIT_TLS_WEDGED not in (Arbiter.WORKER_BOOT_ERROR, Arbiter.APP_LOAD_ERROR)
 
 
-FORKS = 200
+FORKS = 400
+#: Misses allowed in FORKS forks. With this churn, 7,400 forks gave 130 children whose
+#: handshake hung: the probe caught 124 and missed 6, so about 14 hang and 0.3 are missed
+#: per 400 forks. A probe that caught none would miss about 14 (3 or fewer: 8 %).
+MISSES_ALLOWED = 3
 
 
 @pytest.mark.processes
-def test_no_fork_passes_the_probe_and_then_hangs_in_a_handshake(pair: CertPaths) -> None:
-    """Forked while other threads make TLS connections, a child the probe passed must
-    connect: the probe misses no fork that inherited a held lock. The forks are taken in
-    a process of their own (testsupport.tls_fork), whose only threads are the churn's."""
+def test_the_probe_catches_nearly_every_fork_that_would_hang_in_a_handshake(
+    pair: CertPaths,
+) -> None:
+    """Forked while other threads make TLS connections, a child whose handshake would hang
+    is caught by the probe, with rare exceptions: a lock the fork copied in the middle of
+    a change can let the probe through and stop a later first use (seen: SSL_CTX_new
+    waiting for OpenSSL's thread-registration lock). The forks are taken in a process of
+    their own (testsupport.tls_fork), whose only threads are the churn's."""
     ran = subprocess.run(
         [sys.executable, "-m", "testsupport.tls_fork", str(pair.cert.parent), str(FORKS)],
-        cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
+        cwd=REPO, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert ran.returncode == 0, ran.stderr
     outcomes: dict[str, int] = json.loads(ran.stdout)
     print(f"{FORKS} forks: {outcomes}")
-    assert outcomes.pop("missed") == 0, (outcomes, ran.stderr)
+    assert outcomes.pop("missed") <= MISSES_ALLOWED, (outcomes, ran.stderr)
     assert set(outcomes) == {"fine", "caught", "only the probe hung", "fine but slow"}, outcomes
     assert outcomes["fine"] + outcomes["fine but slow"] >= FORKS * 0.8, outcomes
 
@@ -99,11 +108,12 @@ def test_a_real_connection_that_hangs_after_a_passing_probe_is_a_miss(
     """The experiment can fail: a child whose probe passes but whose real connection
     never finishes is counted as missed, with where it hung."""
     held = threading.Event()
-    with tls_fork.TLSChurn(pair) as churn, pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tls_fork, "HUNG_SECONDS", 0.3)
-        patch.setattr(churn, "connect", held.wait)
-        assert tls_fork.child(churn) == tls_fork.MISSED
-        held.set()
+        assert tls_fork.child(serving_context(pair), held.wait) == tls_fork.MISSED
+    held.set()
+    # Only the forked child arms an alarm: one set here would kill the test runner later.
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
     assert "in wait" in capfd.readouterr().err  # the hung thread's stack
 
 
