@@ -1,10 +1,11 @@
 """Fork a process whose threads make TLS connections, as spotguard's master does, and ask
 each child whether the worker's TLS probe and a real connection agree.
 
-It runs as its own process (``python -m testsupport.tls_fork CERT_DIR FORKS``) so that
-the only threads a fork copies are the churn's: forked from the test runner, a child
-would also inherit whatever threads earlier tests left behind, and the experiment would
-depend on the order the tests ran in. It prints the outcomes as one JSON object.
+It runs as its own process (``python -m testsupport.tls_fork CERT_DIR FORKS
+[--server-apart]``) so that the only threads a fork copies are the churn's: forked from
+the test runner, a child would also inherit whatever threads earlier tests left behind,
+and the experiment would depend on the order the tests ran in. It prints the outcomes as
+one JSON object.
 
 A lock inherited held is never released, so a child's real connection counts as hung
 only after :data:`HUNG_SECONDS`; one that finishes later than :data:`PROMPT_SECONDS`
