@@ -61,13 +61,26 @@ def _connect(port: int, ca_file: Path, count: int, failed: list[Exception]) -> N
 
 @dataclass(frozen=True)
 class HandshakeFigures:
-    """Per round (OpenSSL's default tickets, as served) in microseconds, and the ratio
-    served/default: its median over the rounds and its range."""
+    """Per round (OpenSSL's default tickets, as served) in microseconds; the ratio
+    served/default is read from them: its median over the rounds and its range."""
 
     rounds: list[tuple[float, float]]
-    ratio: float
-    ratio_low: float
-    ratio_high: float
+
+    @property
+    def ratios(self) -> list[float]:
+        return [served / tickets for tickets, served in self.rounds]
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ratios)
+
+    @property
+    def ratio_low(self) -> float:
+        return min(self.ratios)
+
+    @property
+    def ratio_high(self) -> float:
+        return max(self.ratios)
 
 
 def handshake_figures(workdir: Path, count: int = 500, rounds: int = 7) -> HandshakeFigures:
@@ -86,6 +99,4 @@ def handshake_figures(workdir: Path, count: int = 500, rounds: int = 7) -> Hands
     for round_ in range(rounds):
         for name in ("served", "tickets") if round_ % 2 else ("tickets", "served"):
             measured[name].append(server_cpu_per_handshake_us(contexts[name], paths.ca_cert, count))
-    pairs = list(zip(measured["tickets"], measured["served"], strict=True))
-    ratios = [served / tickets for tickets, served in pairs]
-    return HandshakeFigures(pairs, statistics.median(ratios), min(ratios), max(ratios))
+    return HandshakeFigures(list(zip(measured["tickets"], measured["served"], strict=True)))
