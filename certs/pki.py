@@ -157,6 +157,11 @@ def write_pair(directory: Path, ca: CertifiedKey, serving: CertifiedKey) -> Cert
         path = directory / name
         path.write_bytes(data)
         os.chmod(path, 0o600 if name.endswith(".key") else 0o644)
+    return pair_in(directory)
+
+
+def pair_in(directory: Path) -> CertPaths:
+    """The paths of the pair :func:`write_pair` writes to ``directory``."""
     return CertPaths(
         directory / CA_CERT_FILE, directory / SERVING_CERT_FILE, directory / SERVING_KEY_FILE
     )

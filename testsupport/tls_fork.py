@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from certs.pki import CA_CERT_FILE, SERVING_CERT_FILE, SERVING_KEY_FILE, CertPaths
+from certs.pki import CertPaths, pair_in
 from webhook.tls import ReloadingContext
 from webhook.tls_after_fork import tls_works
 
@@ -171,11 +171,7 @@ def main(argv: list[str]) -> int:
         "--server-apart", action="store_true", help="serve from a process of its own"
     )
     args = parser.parse_args(argv)
-    directory = args.cert_dir
-    pair = CertPaths(
-        directory / CA_CERT_FILE, directory / SERVING_CERT_FILE, directory / SERVING_KEY_FILE
-    )
-    print(json.dumps(fork_many(pair, args.forks, args.server_apart)))
+    print(json.dumps(fork_many(pair_in(args.cert_dir), args.forks, args.server_apart)))
     return 0
 
 
