@@ -239,9 +239,11 @@ def print_steady(design: str, name: str, row: Row) -> None:
     failures = steady_failures(row)
     met = steady_target_met(row)
     sample = row.get("sample") or {}
-    print(f"  {design:<5}{name:<16}{row['rps']:>7,.0f}{row['p50_ms']:>8.2f}{row['p99_ms']:>8.2f}"
-          f"{row['max_ms']:>8.1f}{failures:>6}{handshakes['p50_ms']:>8.1f}"
-          f"{handshakes['p99_ms']:>8.1f}{row['bad_connections_open_avg']:>7.0f}"
+    # A space before every figure: a round that failed (p99 near the client's 20 s timeout)
+    # prints figures wider than their columns, and they must not run together.
+    print(f"  {design:<5}{name:<16} {row['rps']:>6,.0f} {row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f}"
+          f" {row['max_ms']:>7.1f} {failures:>5} {handshakes['p50_ms']:>7.1f}"
+          f" {handshakes['p99_ms']:>7.1f} {row['bad_connections_open_avg']:>6.0f}"
           f"  {sample.get('rss')} MiB  {'yes' if met else 'no'}")  # fmt: skip
     if row.get("error_samples"):
         print(f"      e.g. {row['error_samples'][:2]}")

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.bench_webhook import print_steady_summary, steady_target_met
+from benchmarks.bench_webhook import print_steady, print_steady_summary, steady_target_met
 
 
 def phase(p99_ms: float, *, errors: int = 0, fresh_errors: int = 0, hs_p99_ms: float = 30.0) -> Any:
@@ -50,3 +50,21 @@ def test_the_summary_counts_rounds_per_design_and_phase(capsys: pytest.CaptureFi
     assert "p99  13.0 ms (12.0, 14.0)" in lines[0] and lines[0].endswith("met in 2 of 2")
     assert "p99  21.5 ms (25.0, 18.0)" in lines[1] and lines[1].endswith("met in 1 of 2")
     assert lines[3].endswith("met in 0 of 1")
+
+
+def test_a_failed_rounds_wide_figures_stay_apart(capsys: pytest.CaptureFixture[str]) -> None:
+    # The old design with the bad clients: every review timed out after the client's 20 s.
+    row = {
+        **phase(19910.52, errors=7575),
+        "rps": 250.0,
+        "p50_ms": 16235.75,
+        "max_ms": 19999.1,
+        "handshakes": {"p50_ms": 0.0, "p99_ms": 0.0},
+        "bad_connections_open_avg": 107.6,
+        "sample": {"rss": [46.0, 46.0]},
+    }
+    print_steady("old", "bad clients #1", row)
+    fields = capsys.readouterr().out.split()
+    assert fields[:10] == ["old", "bad", "clients", "#1", "250", "16235.75", "19910.52",
+                           "19999.1", "7575", "0.0"]  # fmt: skip
+    assert fields[-1] == "no"
