@@ -222,11 +222,12 @@ class EventLoopWorker(Worker):  # type: ignore[misc]
 
     def queue_handshake(self, connection: Connection) -> None:
         """TLS handshakes run ``HANDSHAKES_PER_TURN`` per turn of the loop: each costs
-        most of a millisecond of CPU (several when the cores are contended), so a request
-        on an established connection waits behind one handshake at most, never behind a
-        burst of new connections. A turn with handshakes waiting polls for I/O without
-        sleeping, so a queue still drains at once on an idle worker. A queued connection
-        is not watched meanwhile, so waiting costs nothing per turn.
+        a quarter to three quarters of a millisecond of CPU, depending on the host
+        (several when the cores are contended), so a request on an established
+        connection waits behind one handshake at most, never behind a burst of new
+        connections. A turn with handshakes waiting polls for I/O without sleeping, so a
+        queue still drains at once on an idle worker. A queued connection is not watched
+        meanwhile, so waiting costs nothing per turn.
 
         Oldest first, unless more than ``HANDSHAKE_LIFO_AFTER`` wait: then newest first
         (adaptive LIFO). In a flood, the oldest are the likeliest to reach their deadline
