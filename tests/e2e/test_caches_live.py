@@ -209,6 +209,7 @@ def test_reviews_needing_cluster_facts_are_answered_while_the_api_server_is_paus
     for what, seconds in timings.items():
         print(f"{what}: median {statistics.median(seconds) * 1000:.1f} ms, "
               f"max {max(seconds) * 1000:.1f} ms (API server paused)")  # fmt: skip
-        assert statistics.median(seconds) < 0.05, what
-        assert max(seconds) < 1.0, what  # the old lookups waited up to 2 s per API call
+        # Every review within 50 ms (here about 2 ms); the old lookups waited up to 2 s
+        # per API call.
+        assert max(seconds) < 0.05, what
     cluster.request("DELETE", f"/api/v1/persistentvolumes/local-{namespace}")
