@@ -133,9 +133,9 @@ def print_designs(results: dict[str, dict[str, Row]], rounds: int) -> None:
                 o = old[name]
                 ratio = (f"{r['rps'] / o['rps']:>7.2f}x {r['p99_ms'] / o['p99_ms']:>7.2f}x"
                          f" {r['server_cpu_us'] / o['server_cpu_us']:>7.2f}x")  # fmt: skip
-            print(f"  {name if design == 'new' else '':<22}{design:<7}{r['rps']:>8,.0f}"
-                  f"{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}{r['failures']:>6}"
-                  f"{r['server_cpu_us']:>8.0f}  {ratio}")  # fmt: skip
+            print(f"  {name if design == 'new' else '':<22}{design:<7} {r['rps']:>7,.0f}"
+                  f" {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['failures']:>5}"
+                  f" {r['server_cpu_us']:>7.0f}  {ratio}")  # fmt: skip
     for design, rows in results.items():
         spreads = rows["/mutate"]["spread"]
         shown = "; ".join(", ".join(str(n) for n in s.values()) for s in spreads)
@@ -204,8 +204,8 @@ def print_reference(spotguard: Row, rows: list[tuple[str, Row]]) -> None:
     print(f"  {'':<16}{'CPU/req us':>11}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}{'fails':>6}")
     for name, row in rows:
         failures = steady_failures(row)
-        print(f"  {name:<16}{row['server_cpu_us']:>11,.0f}{row['p50_ms']:>8.2f}"
-              f"{row['p99_ms']:>8.2f}{row['max_ms']:>8.1f}{failures:>6}")  # fmt: skip
+        print(f"  {name:<16} {row['server_cpu_us']:>10,.0f} {row['p50_ms']:>7.2f}"
+              f" {row['p99_ms']:>7.2f} {row['max_ms']:>7.1f} {failures:>5}")  # fmt: skip
 
 
 def steady_failures(row: Row) -> int:
@@ -239,8 +239,9 @@ def print_steady(design: str, name: str, row: Row) -> None:
     failures = steady_failures(row)
     met = steady_target_met(row)
     sample = row.get("sample") or {}
-    # A space before every figure: a round that failed (p99 near the client's 20 s timeout)
-    # prints figures wider than their columns, and they must not run together.
+    # A space before every figure (here and in the other tables): a round that failed
+    # (p99 near the client's 20 s timeout) prints figures wider than their columns, and
+    # they must not run together.
     print(f"  {design:<5}{name:<16} {row['rps']:>6,.0f} {row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f}"
           f" {row['max_ms']:>7.1f} {failures:>5} {handshakes['p50_ms']:>7.1f}"
           f" {handshakes['p99_ms']:>7.1f} {row['bad_connections_open_avg']:>6.0f}"

@@ -1,4 +1,5 @@
-"""bench-webhook's reading of the steady phases: which rounds meet the targets."""
+"""bench-webhook's reading of the steady phases (which rounds meet the targets) and its tables
+(figures too wide for their columns still stay apart)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from benchmarks.bench_webhook import print_steady, print_steady_summary, steady_target_met
+from benchmarks.bench_webhook import (
+    print_designs,
+    print_reference,
+    print_steady,
+    print_steady_summary,
+    steady_target_met,
+)
 
 
 def phase(p99_ms: float, *, errors: int = 0, fresh_errors: int = 0, hs_p99_ms: float = 30.0) -> Any:
@@ -68,3 +75,17 @@ def test_a_failed_rounds_wide_figures_stay_apart(capsys: pytest.CaptureFixture[s
     assert fields[:10] == ["old", "bad", "clients", "#1", "250", "16235.75", "19910.52",
                            "19999.1", "7575", "0.0"]  # fmt: skip
     assert fields[-1] == "no"
+
+
+def test_the_other_tables_keep_wide_figures_apart(capsys: pytest.CaptureFixture[str]) -> None:
+    wide = {"rps": 12_345.0, "p50_ms": 16235.75, "p99_ms": 19910.52, "failures": 75_750,
+            "server_cpu_us": 1_234_567.0, "spread": []}  # fmt: skip
+    print_designs({"new": {"/mutate": wide}, "old": {"/mutate": wide}}, rounds=1)
+    (new_line,) = [ln.split() for ln in capsys.readouterr().out.splitlines() if "/mutate" in ln]
+    assert new_line[:7] == ["/mutate", "new", "12,345", "16235.75", "19910.52", "75750", "1234567"]
+    print_reference({"server_cpu_us": 300.0, "p99_ms": 2.0},
+                    [("same work", {**phase(19910.52, errors=7575), "p50_ms": 16235.75,
+                                    "max_ms": 19999.1, "server_cpu_us": 1_234_567.0})])  # fmt: skip
+    reference_line = capsys.readouterr().out.splitlines()[-1].split()
+    assert reference_line == ["same", "work", "1,234,567", "16235.75", "19910.52",
+                              "19999.1", "7575"]  # fmt: skip
